@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny randomly-initialised models built from the "test" presets."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # so `reptok`, `train.*` and `tests.*` import from a fresh clone
+
+from reptok.pipeline import RepTok  # noqa: E402
+from tests.helpers import randomize_, tiny_config  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> RepTok:
+    torch.manual_seed(0)
+    model = RepTok.from_config(tiny_config())
+    # A freshly built decoder outputs v = 0 (zero-init); give it weights so outputs depend on z and noise.
+    randomize_(model.decoder, seed=1)
+    randomize_(model.class_generator, seed=2)
+    randomize_(model.text_generator, seed=3)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model: RepTok, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("models") / "tiny"
+    tiny_model.save_pretrained(path, dtype=torch.float32)
+    return path

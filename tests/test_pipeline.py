@@ -1,0 +1,201 @@
+"""RepTok end to end on a tiny random model: I/O, determinism, the public API."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from reptok.pipeline import RepTok
+from tests.helpers import CLASS_NAMES, randomize_, tiny_config
+
+
+def _image(color: tuple[int, int, int], size: tuple[int, int] = (40, 40)) -> Image.Image:
+    im = Image.new("RGB", size, color)
+    im.paste((255 - color[0], color[1], 255 - color[2]), (5, 5, 20, 30))
+    return im
+
+
+def _all_weights(model: RepTok) -> dict[str, torch.Tensor]:
+    return {f"{n}.{k}": v for n, m in model.components().items() for k, v in m.state_dict().items()}
+
+
+def test_save_load_round_trip_is_exact(tiny_model: RepTok, tiny_model_dir: Path) -> None:
+    loaded = RepTok.from_pretrained(tiny_model_dir)
+    a, b = _all_weights(tiny_model), _all_weights(loaded)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded.config.to_dict() | {"backbone_sha256": None} == json.loads(
+        (tiny_model_dir / "config.json").read_text()
+    ) | {"backbone_sha256": None}
+    images = [_image((200, 30, 30)), _image((20, 90, 220))]
+    assert torch.equal(tiny_model.encode(images), loaded.encode(images))
+    assert torch.equal(
+        tiny_model.reconstruct(images, output_type="pt"), loaded.reconstruct(images, output_type="pt")
+    )
+
+
+def test_fp16_files_are_fp16_and_reload_to_the_rounded_weights(tiny_model: RepTok, tmp_path: Path) -> None:
+    tiny_model.save_pretrained(tmp_path)  # default: fp16
+    assert all(t.dtype == torch.float16 for t in load_file(tmp_path / "tokenizer.safetensors").values())
+    loaded = RepTok.from_pretrained(tmp_path)
+    for k, v in _all_weights(tiny_model).items():
+        expected = v.half().float() if v.is_floating_point() else v
+        assert torch.equal(_all_weights(loaded)[k], expected), k
+
+
+def test_loading_is_strict_and_names_the_problem(tiny_model_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model_dir, broken)
+    state = load_file(broken / "tokenizer.safetensors")
+    state.pop(sorted(k for k in state if k.startswith("decoder."))[0])
+    save_file(state, broken / "tokenizer.safetensors")
+    with pytest.raises(ValueError, match=r"decoder: weights do not match the config.*missing"):
+        RepTok.from_pretrained(broken)
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+        RepTok.from_pretrained(tmp_path / "nowhere")
+    cfg = json.loads((tiny_model_dir / "config.json").read_text())
+    cfg["decoder"]["made_up_field"] = 1
+    (broken / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="unknown config keys"):
+        RepTok.from_pretrained(broken)
+
+
+def test_a_shared_backbone_is_stored_once_and_checked(tiny_model: RepTok, tmp_path: Path) -> None:
+    tiny_model.save_pretrained(tmp_path / "a")
+    tiny_model.save_pretrained(tmp_path / "b", backbone_file="../a/backbone.safetensors")
+    assert not (tmp_path / "b" / "backbone.safetensors").exists()
+    loaded = RepTok.from_pretrained(tmp_path / "b")
+    assert torch.equal(
+        loaded.encoder.backbone.pos_embed, tiny_model.encoder.backbone.pos_embed.half().float()
+    )
+    other = RepTok.from_config(tiny_config(with_text=False))  # a different random backbone
+    with pytest.raises(ValueError, match="different backbone"):
+        other.save_pretrained(tmp_path / "c", backbone_file="../a/backbone.safetensors")
+    # a swapped backbone file is caught on load
+    other.save_pretrained(tmp_path / "d")
+    shutil.copy(tmp_path / "d" / "backbone.safetensors", tmp_path / "a" / "backbone.safetensors")
+    with pytest.raises(ValueError, match="sha256"):
+        RepTok.from_pretrained(tmp_path / "b")
+
+
+def test_same_seed_same_output_different_seed_different(tiny_model: RepTok) -> None:
+    z = tiny_model.encode(_image((10, 200, 10)))
+    a = tiny_model.decode(z, seed=3, output_type="pt")
+    assert torch.equal(a, tiny_model.decode(z, seed=3, output_type="pt"))
+    assert not torch.equal(a, tiny_model.decode(z, seed=4, output_type="pt"))
+    s1 = tiny_model.sample(labels=[0, 1], seed=5, output_type="pt")
+    assert torch.equal(s1, tiny_model.sample(labels=[0, 1], seed=5, output_type="pt"))
+    assert not torch.equal(s1, tiny_model.sample(labels=[0, 1], seed=6, output_type="pt"))
+
+
+def test_reconstruct_outputs(tiny_model: RepTok) -> None:
+    images = tiny_model.reconstruct([_image((255, 0, 0), (50, 70)), _image((0, 0, 255), (1, 1))], steps=2)
+    assert [im.size for im in images] == [(32, 32), (32, 32)]
+    assert all(im.mode == "RGB" for im in images)
+    pt = tiny_model.reconstruct(torch.rand(2, 3, 32, 32) * 2 - 1, output_type="pt")
+    assert pt.shape == (2, 3, 32, 32) and float(pt.abs().max()) <= 1.0
+    # a PIL image and the same pixels as a tensor encode to the same token
+    im = _image((120, 40, 200), (32, 32))
+    tensor = torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 127.5 - 1
+    torch.testing.assert_close(tiny_model.encode(im), tiny_model.encode(tensor), atol=1e-5, rtol=1e-5)
+    cos = tiny_model.cosine_to_frozen([im, im])
+    assert cos.shape == (2,) and torch.allclose(cos, torch.ones(2), atol=1e-5)  # untrained: token not moved
+
+
+def test_interpolation_endpoints_equal_the_inputs(tiny_model: RepTok) -> None:
+    z = tiny_model.encode([_image((255, 0, 0)), _image((0, 0, 255))])
+    for mode in ("slerp", "lerp"):
+        path = tiny_model.interpolate(z[0], z[1], torch.linspace(0, 1, 5), mode=mode)
+        assert path.shape == (5, 1, z.shape[-1])
+        torch.testing.assert_close(path[0], z[0], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(path[-1], z[1], atol=1e-6, rtol=1e-6)
+    lerp_mid = tiny_model.interpolate(z[0], z[1], [0.5], mode="lerp")[0]
+    torch.testing.assert_close(lerp_mid, (z[0] + z[1]) / 2)
+    with pytest.raises(ValueError, match="slerp"):
+        tiny_model.interpolate(z[0], z[1], [0.5], mode="cubic")  # type: ignore[arg-type]
+
+
+def test_variations_share_the_token_not_the_noise(tiny_model: RepTok) -> None:
+    z = tiny_model.encode(_image((30, 30, 30)))
+    var = tiny_model.variations(z, 3, seed=0, output_type="pt")
+    assert var.shape == (3, 3, 32, 32)
+    assert not torch.equal(var[0], var[1])
+    # sample 0 is the plain decode with the same seed (up to batched-matmul rounding)
+    torch.testing.assert_close(var[0:1], tiny_model.decode(z, seed=0, output_type="pt"), atol=1e-4, rtol=1e-4)
+
+
+def test_sample_by_class_name_or_id_and_errors(tiny_model: RepTok) -> None:
+    by_name = tiny_model.sample(labels=[CLASS_NAMES[1]], seed=1, output_type="pt")
+    by_id = tiny_model.sample(labels=[1], seed=1, output_type="pt")
+    assert torch.equal(by_name, by_id)
+    assert tiny_model.class_id("food & drink") == 1
+    with pytest.raises(ValueError, match="unknown class"):
+        tiny_model.sample(labels=["Dinosaurs"])
+    with pytest.raises(ValueError, match="out of range"):
+        tiny_model.sample(labels=[99])
+    with pytest.raises(ValueError, match="exactly one"):
+        tiny_model.sample(labels=[0], prompts=["x"])
+
+
+def test_cfg_scale_one_matches_the_conditional_model(tiny_model: RepTok) -> None:
+    gen = tiny_model.class_generator
+    a = tiny_model.sample_tokens(labels=[2, 0], cfg_scale=1.0, seed=9)
+    # integrate the conditional model by hand
+    from reptok.sampling import integrate, seeded_noise
+
+    y = torch.tensor([2, 0])
+    noise = seeded_noise((2, 1, tiny_model.token_dim), 9)
+    b = gen.stats.denormalize(integrate(lambda x, t: gen(x, t, y), noise, steps=4))
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, tiny_model.sample_tokens(labels=[2, 0], cfg_scale=4.0, seed=9))
+
+
+def test_text_sampling(tiny_model: RepTok) -> None:
+    long_prompt = "red apple " * 1000  # 10,000 characters: truncated, not an error
+    images = tiny_model.sample(prompts=["red apple", "", long_prompt], seed=0)
+    assert len(images) == 3 and images[0].size == (32, 32)
+    a = tiny_model.sample_tokens(prompts=["red apple", "blue car"], seed=0, cfg_scale=2.0)
+    assert not torch.allclose(a[0], a[1])
+
+
+def test_vae_space_model_saves_the_vae_once_and_reloads(tmp_path: Path) -> None:
+    from reptok.decoder import ImageSpaceConfig
+
+    vae_cfg = {
+        "in_channels": 3, "out_channels": 3, "latent_channels": 4,
+        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 8,
+    }  # fmt: skip
+    cfg = tiny_config(with_text=False)
+    cfg.decoder = cfg.decoder.replace(in_channels=4, input_size=16, patch_size=4)
+    cfg.image_space = ImageSpaceConfig(kind="vae", vae_config=vae_cfg)
+    model = RepTok.from_config(cfg)
+    randomize_(model.decoder)
+    assert model.image_size == 32
+    out = model.reconstruct(torch.rand(1, 3, 32, 32) * 2 - 1, output_type="pt")
+    assert out.shape == (1, 3, 32, 32)
+    model.save_pretrained(tmp_path / "m", dtype=torch.float32)
+    assert (tmp_path / "m" / "vae" / "config.json").is_file()
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert saved["image_space"]["vae"] == "vae" and saved["image_space"]["vae_config"] is None
+    loaded = RepTok.from_pretrained(tmp_path / "m")
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    assert torch.equal(model.reconstruct(x, output_type="pt"), loaded.reconstruct(x, output_type="pt"))
+
+
+def test_lambda_inf_round_trips_through_json(tmp_path: Path) -> None:
+    cfg = tiny_config(with_text=False)
+    cfg.encoder = cfg.encoder.replace(cosine_weight=float("inf"))
+    RepTok.from_config(cfg).save_pretrained(tmp_path)
+    text = (tmp_path / "config.json").read_text()
+    assert '"cosine_weight": "inf"' in text
+    json.loads(text)  # strict JSON: no bare Infinity
+    assert RepTok.from_pretrained(tmp_path).config.encoder.cosine_weight == float("inf")
