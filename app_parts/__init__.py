@@ -1,0 +1,1 @@
+"""Pieces of the Gradio explorer (app.py): model registry, image helpers, handlers."""

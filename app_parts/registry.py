@@ -1,0 +1,147 @@
+"""Which RepTok models the app can use: found on disk at start, each loaded once on first use."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from reptok.pipeline import RepTok, RepTokConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSET_MODELS = ROOT / "assets" / "models"
+MODELS_ENV = "REPTOK_MODELS_DIR"
+
+
+def lambda_label(weight: float) -> str:
+    """λ as the manifold file keys it: "0", "0.1", "1", "inf"."""
+    return "inf" if math.isinf(weight) else f"{weight:g}"
+
+
+@dataclass
+class ModelEntry:
+    """A model folder and its config (read at discovery: cheap); the weights load on demand."""
+
+    key: str  # unique label shown in dropdowns
+    path: Path
+    config: RepTokConfig
+    model: RepTok | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def backbone(self) -> str:
+        return str(self.config.info.get("backbone") or self.config.encoder.backbone)
+
+    @property
+    def cosine_weight(self) -> float:
+        return float(self.config.encoder.cosine_weight)
+
+    @property
+    def lam(self) -> str:
+        return lambda_label(self.cosine_weight)
+
+    @property
+    def display(self) -> str:
+        return f"{self.key} · {self.backbone} · λ={self.lam}"
+
+    def parameter_count(self) -> int:
+        """From the safetensors headers, so the About tab needs no model loaded."""
+        from safetensors import safe_open
+
+        files = {self.path / self.config.backbone_file, self.path / "tokenizer.safetensors"}
+        files |= {self.path / f"{n}.safetensors" for n in ("class_generator", "text_generator")}
+        total = 0
+        for file in files:
+            if file.is_file():
+                with safe_open(str(file), framework="pt") as f:
+                    for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                        total += math.prod(f.get_slice(key).get_shape())
+        return total
+
+
+def _model_dirs(root: Path) -> list[Path]:
+    """`root` itself if it is a model folder, else its sub-folders that are."""
+    if (root / "config.json").is_file():
+        return [root]
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if (p / "config.json").is_file())
+
+
+def discover_model_dirs() -> list[Path]:
+    """assets/models/*/ plus every folder named in $REPTOK_MODELS_DIR (os.pathsep-separated)."""
+    roots = [ASSET_MODELS]
+    roots += [Path(p).expanduser() for p in os.environ.get(MODELS_ENV, "").split(os.pathsep) if p.strip()]
+    found: list[Path] = []
+    for root in roots:
+        for path in _model_dirs(root):
+            if path.resolve() not in {p.resolve() for p in found}:
+                found.append(path)
+    return found
+
+
+class ModelRegistry:
+    """Model folders by label; `get(label)` loads a model on first use (once, even under concurrency)."""
+
+    def __init__(self, model_dirs: Iterable[str | os.PathLike[str]] | None = None) -> None:
+        dirs = discover_model_dirs() if model_dirs is None else [Path(p) for p in model_dirs]
+        self.entries: dict[str, ModelEntry] = {}
+        self.problems: list[str] = []  # folders that could not be read, shown in the About tab
+        for path in dirs:
+            try:
+                config = RepTokConfig.from_dict(json.loads((path / "config.json").read_text()))
+            except (OSError, ValueError, TypeError) as err:
+                self.problems.append(f"{path}: {err}")
+                continue
+            key = str(config.info.get("name") or path.name)
+            if key in self.entries:  # two folders with the same name in their config: keep both
+                key = f"{key} ({path.name})"
+            self.entries[key] = ModelEntry(key=key, path=path, config=config)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.entries)
+
+    def choices(self) -> list[tuple[str, str]]:
+        """(shown, value) pairs for a dropdown."""
+        return [(e.display, e.key) for e in self.entries.values()]
+
+    @property
+    def default(self) -> str | None:
+        return next(iter(self.entries), None)
+
+    def entry(self, label: str | None) -> ModelEntry:
+        if not self.entries:
+            raise ValueError(NO_MODEL_MESSAGE)
+        key = label if label in self.entries else self.default
+        assert key is not None
+        return self.entries[key]
+
+    def get(self, label: str | None = None) -> RepTok:
+        entry = self.entry(label)
+        with entry.lock:  # one load per model, even if two requests ask at once
+            if entry.model is None:
+                entry.model = RepTok.from_pretrained(entry.path)
+            return entry.model
+
+    def by_lambda(self, lam: str) -> str | None:
+        """The first model whose λ label is `lam`, if any."""
+        return next((e.key for e in self.entries.values() if e.lam == lam), None)
+
+    def loaded(self) -> Sequence[ModelEntry]:
+        return [e for e in self.entries.values() if e.model is not None]
+
+
+NO_MODEL_MESSAGE = (
+    "No RepTok model was found. Put one in `assets/models/<name>/` (config.json + safetensors), "
+    f"or point `{MODELS_ENV}` at a folder holding one: train one with the scripts in `train/`, or make "
+    "a random one to try the app with `python -m reptok init --out runs/dev/tiny` "
+    f"and start the app with `{MODELS_ENV}=runs/dev python app.py`."
+)

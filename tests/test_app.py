@@ -1,0 +1,287 @@
+"""The Gradio app, driven through its HTTP API with gradio_client, on a tiny random model."""
+
+from __future__ import annotations
+
+import io
+import socket
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+gr = pytest.importorskip("gradio")
+client_mod = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+from app import ModelRegistry, build_demo  # noqa: E402
+from reptok.manifold import fit_2d, load_manifold, nearest, place, save_manifold  # noqa: E402
+from reptok.pipeline import RepTok  # noqa: E402
+from tests.helpers import CLASS_NAMES, randomize_, tiny_config  # noqa: E402
+
+SIZE = 32  # the tiny model's image size
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    model = RepTok.from_config(tiny_config())
+    model.config.info = {"name": "tiny"}
+    randomize_(model.decoder, seed=1)
+    randomize_(model.class_generator, seed=2)
+    randomize_(model.text_generator, seed=3)
+    return model.save_pretrained(tmp_path_factory.mktemp("models") / "tiny", dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Odd and broken uploads."""
+    d = tmp_path_factory.mktemp("uploads")
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    out: dict[str, Path] = {}
+
+    def save(name: str, image: Image.Image, **kw: object) -> None:
+        out[name] = d / name
+        image.save(out[name], **kw)
+
+    save("rgb.png", rgb)
+    save("other.png", rgb.rotate(90))
+    save("tiny1x1.png", Image.new("RGB", (1, 1), (200, 10, 10)))
+    save("wide4000x10.png", Image.new("RGB", (4000, 10), (10, 200, 10)))
+    save("grey16.png", Image.fromarray((rng.integers(0, 65535, (20, 20))).astype(np.uint16)))
+    save("cmyk.jpg", rgb.convert("CMYK"))
+    save("palette.png", rgb.convert("P"))
+    save("transparent.png", Image.new("RGBA", (20, 20), (255, 0, 0, 0)))
+    frames = [Image.new("P", (16, 16), c) for c in (1, 50)]
+    save("animated.gif", frames[0], save_all=True, append_images=frames[1:], loop=0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display
+    save("rotated.jpg", rgb, exif=exif)
+    out["text.png"] = d / "text.png"
+    out["text.png"].write_text("this is not an image")
+    out["empty.png"] = d / "empty.png"
+    out["empty.png"].write_bytes(b"")
+    buf = io.BytesIO()
+    rgb.save(buf, format="PNG")
+    out["truncated.png"] = d / "truncated.png"
+    out["truncated.png"].write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    out["bomb.png"] = d / "bomb.png"
+    out["bomb.png"].write_bytes(_bomb_png(30_000, 30_000))
+    return out
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A PNG header announcing width×height pixels with almost no data behind it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    idat = zlib.compress(b"\x00" * (width + 1) * 8)  # a few rows; the header is what matters
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def manifold_path(model_dir: Path, files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    model = RepTok.from_pretrained(model_dir)
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)) for _ in range(12)]
+    tokens = model.encode(images).reshape(12, -1).numpy()
+    names = [f"emoji {i}" for i in range(12)]
+    cats = [CLASS_NAMES[i % 3] for i in range(12)]
+    path = tmp_path_factory.mktemp("manifold") / "manifold.npz"
+    return save_manifold(
+        path, names=names, categories=cats, settings={"1": {"xy": fit_2d(tokens), "tokens": tokens}}
+    )
+
+
+@pytest.fixture(scope="module")
+def client(model_dir: Path, manifold_path: Path) -> Iterator[Client]:
+    demo = build_demo(ModelRegistry([model_dir]), manifold_path=manifold_path)
+    port = _free_port()
+    demo.queue().launch(prevent_thread_lock=True, server_port=port, server_name="127.0.0.1", quiet=True)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+    finally:
+        demo.close()
+
+
+def _item_path(item: dict) -> str:
+    """A gallery item's image path, as gradio_client returns it (a path, or a FileData dict)."""
+    image = item["image"]
+    return image if isinstance(image, str) else image["path"]
+
+
+def _error(client: Client, *args: object, api_name: str) -> str:
+    with pytest.raises(Exception) as info:  # gradio_client.exceptions.AppError carries gr.Error's text
+        client.predict(*args, api_name=api_name)
+    return str(info.value)
+
+
+# ------------------------------------------------------------------------------- endpoints
+
+
+def test_reconstruct(client: Client, files: dict[str, Path]) -> None:
+    original, recon, heat, summary = client.predict(
+        handle_file(files["rgb.png"]), "tiny", 2, 0, api_name="/reconstruct"
+    )
+    assert Image.open(original).size == (SIZE, SIZE)
+    assert Image.open(recon).size == (SIZE, SIZE)
+    assert Image.open(heat).size == (SIZE * 4, SIZE * 4)
+    assert "PSNR" in summary and "SSIM" in summary and "cos(z, z_frozen)" in summary
+    assert f"vs {SIZE}×{SIZE}×3 = {SIZE * SIZE * 3:,} bytes" in summary
+
+
+def test_variations(client: Client, files: dict[str, Path]) -> None:
+    gallery = client.predict(handle_file(files["rgb.png"]), "tiny", 2, 5, api_name="/variations")
+    assert [item["caption"] for item in gallery] == ["seed 5", "seed 6", "seed 7", "seed 8"]
+
+
+def test_sample_class(client: Client) -> None:
+    gallery = client.predict(CLASS_NAMES[1], "tiny", 1.5, 0.3, 0.9, 2, 0, 3, api_name="/sample_class")
+    assert len(gallery) == 3
+    assert Image.open(_item_path(gallery[0])).size == (SIZE, SIZE)
+
+
+def test_sample_text(client: Client) -> None:
+    gallery = client.predict("red apple", "tiny", 1.5, 0.3, 0.9, 2, 0, 2, api_name="/sample_text")
+    assert len(gallery) == 2
+    gallery = client.predict("x" * 10_000, "tiny", 1.5, 0.3, 0.9, 1, 0, 1, api_name="/sample_text")
+    assert len(gallery) == 1  # long prompts are truncated, not a crash
+
+
+def test_interpolate(client: Client, files: dict[str, Path]) -> None:
+    strip, gif, frame = client.predict(
+        handle_file(files["rgb.png"]), handle_file(files["other.png"]), "tiny", 5, "slerp", 2, 0, 1.0,
+        api_name="/interpolate",
+    )  # fmt: skip
+    assert len(strip) == 5
+    assert [s["caption"] for s in strip] == ["0.00", "0.25", "0.50", "0.75", "1.00"]
+    with Image.open(gif) as g:
+        # there and back is 5 + 3 frames; Pillow merges frames that quantise the same (a random model)
+        assert g.format == "GIF" and 2 <= g.n_frames <= 8
+    last = np.asarray(Image.open(_item_path(strip[-1])).convert("RGB"))
+    assert np.array_equal(np.asarray(Image.open(frame).convert("RGB")), last)  # weight 1 -> last frame
+
+
+def test_manifold(client: Client, files: dict[str, Path]) -> None:
+    plot, note = client.predict("1", None, api_name="/manifold")
+    assert plot is not None and "12 held-out tokens" in note
+    plot, note = client.predict("1", handle_file(files["rgb.png"]), api_name="/manifold")
+    assert "nearest neighbours: emoji" in note
+
+
+def test_manifold_missing(model_dir: Path, tmp_path: Path) -> None:
+    from app_parts.handlers import Explorer
+
+    plot, note = Explorer(ModelRegistry([model_dir]), tmp_path / "nope.npz").manifold_plot("1", None)
+    assert plot is None and "No precomputed manifold" in note
+
+
+def test_compare_backbones(client: Client, files: dict[str, Path]) -> None:
+    gallery, neighbours = client.predict(handle_file(files["rgb.png"]), 2, 0, api_name="/compare_backbones")
+    assert len(gallery) == 1
+    assert "λ=1" in gallery[0]["caption"] and "dB" in gallery[0]["caption"]
+    assert "tiny" in neighbours and "emoji" in neighbours
+
+
+# ------------------------------------------------------------------------------- bad inputs
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("text.png", "not an image"),
+        ("empty.png", "empty"),
+        ("truncated.png", "truncated or corrupted"),
+        ("bomb.png", "pixels"),
+    ],
+)
+def test_bad_uploads(client: Client, files: dict[str, Path], name: str, message: str) -> None:
+    text = _error(client, handle_file(files[name]), "tiny", 1, 0, api_name="/reconstruct")
+    assert message in text.lower()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "tiny1x1.png", "wide4000x10.png", "grey16.png", "cmyk.jpg", "palette.png",
+        "transparent.png", "animated.gif", "rotated.jpg",
+    ],
+)  # fmt: skip
+def test_odd_images_work(client: Client, files: dict[str, Path], name: str) -> None:
+    original, *_ = client.predict(handle_file(files[name]), "tiny", 1, 0, api_name="/reconstruct")
+    assert Image.open(original).size == (SIZE, SIZE)
+
+
+def test_bad_text_and_numbers(client: Client) -> None:
+    args = ("tiny", 1.5, 0.3, 0.9, 1, 0, 1)
+    assert "Please enter a prompt." in _error(client, "   ", *args, api_name="/sample_text")
+    assert "class" in _error(client, "No Such Class", *args, api_name="/sample_class").lower()
+    # Out of range through the API: Gradio's sliders refuse it with a message naming the bound ...
+    assert "greater than maximum value 10" in _error(
+        client, CLASS_NAMES[0], "tiny", 99, 0.3, 0.9, 1, 0, 1, api_name="/sample_class"
+    )
+    assert "less than minimum value 0" in _error(
+        client, CLASS_NAMES[0], "tiny", 1.5, 0.3, 0.9, 1, -7, 1, api_name="/sample_class"
+    )
+    # ... a reversed guidance interval is swapped ...
+    assert len(client.predict(CLASS_NAMES[0], "tiny", 1.5, 0.9, 0.1, 1, 0, 1, api_name="/sample_class")) == 1
+
+
+def test_handlers_clamp(model_dir: Path, tmp_path: Path) -> None:
+    """... and the handlers clamp whatever reaches them anyway (steps 1..100, n 1..16, cfg 0..10, seed ≥ 0)."""
+    from app_parts.handlers import Explorer
+
+    explorer = Explorer(ModelRegistry([model_dir]), tmp_path / "none.npz")
+    assert len(explorer.sample_class(CLASS_NAMES[0], None, 99, 1.5, -2, 0, -7, 500)) == 16
+    assert len(explorer.sample_class(CLASS_NAMES[0], None, -1, 0, 1, 1e9, 0, -3)) == 1
+    with pytest.raises(gr.Error, match="Steps must be a finite number"):
+        explorer.sample_class(CLASS_NAMES[0], None, 1, 0, 1, float("nan"), 0, 1)
+
+
+def test_no_models(tmp_path: Path) -> None:
+    from app_parts.handlers import Explorer
+
+    explorer = Explorer(ModelRegistry([]), tmp_path / "none.npz")
+    with pytest.raises(gr.Error, match="No RepTok model"):
+        explorer.sample_class("x", None, 1, 0, 1, 1, 0, 1)
+    assert isinstance(build_demo(ModelRegistry([])), gr.Blocks)
+
+
+# ------------------------------------------------------------------------------- manifold library
+
+
+def test_manifold_roundtrip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    tokens = rng.normal(size=(10, 8)).astype(np.float32)
+    xy = fit_2d(tokens)  # N < 15: PCA
+    assert xy.shape == (10, 2) and np.isfinite(xy).all()
+    assert nearest(tokens[3], tokens, 3)[0] == 3
+    assert np.allclose(place(tokens[3], tokens, xy, k=1), xy[3])
+    path = save_manifold(
+        tmp_path / "m.npz", names=list("abcdefghij"), categories=["x"] * 10,
+        settings={"0": {"xy": xy, "tokens": tokens}, "inf": {"xy": xy, "tokens": tokens}},
+    )  # fmt: skip
+    m = load_manifold(path)
+    assert list(m.settings) == ["0", "inf"] and m.names[2] == "c"
+    assert m.settings["inf"]["tokens"].dtype == np.float16
+    with pytest.raises(ValueError, match="label"):
+        save_manifold(tmp_path / "bad.npz", names=["a"], categories=["x"], settings={"../x": {}})
+
+
+@pytest.mark.slow
+def test_fit_2d_umap() -> None:
+    tokens = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
+    assert fit_2d(tokens, seed=0).shape == (30, 2)
