@@ -10,6 +10,14 @@ from reptok.generator import MIXER_PRESETS, TEXT_PRESETS
 from reptok.pipeline import RepTokConfig, SamplingConfig
 from reptok.text import TextEncoderConfig
 
+# A diffusers AutoencoderKL small enough for CPU tests: 3 -> 4 channels, 2× downsampling.
+TINY_VAE_CONFIG = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4,
+    "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+    "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+    "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 8,
+}  # fmt: skip
+
 CLASS_NAMES = ["Smileys & Emotion", "Food & Drink", "Travel & Places"]
 
 

@@ -11,7 +11,7 @@ from reptok import flow
 from reptok.decoder import DECODER_PRESETS, Decoder, ImageSpace, ImageSpaceConfig
 from reptok.encoder import ENCODER_PRESETS, Encoder, EncoderConfig
 from reptok.generator import MIXER_PRESETS, TEXT_PRESETS, MixerGenerator, TextGenerator
-from tests.helpers import randomize_
+from tests.helpers import TINY_VAE_CONFIG, randomize_
 
 CPU_PRESETS_ENC = ["test", "vit-s8-64px"]  # the hub presets need the network
 CPU_PRESETS_DEC = ["test", "s4-64px"]
@@ -157,12 +157,7 @@ def test_decoder_overfits_one_small_batch() -> None:
 def test_vae_image_space_round_trip_shapes() -> None:
     from diffusers import AutoencoderKL
 
-    vae_cfg = {
-        "in_channels": 3, "out_channels": 3, "latent_channels": 4,
-        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 8,
-    }  # fmt: skip
+    vae_cfg = TINY_VAE_CONFIG
     space = ImageSpace(ImageSpaceConfig(kind="vae", vae_config=vae_cfg), AutoencoderKL.from_config(vae_cfg))
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     latents = space.encode(images)

@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from reptok.pipeline import RepTok
-from tests.helpers import CLASS_NAMES, randomize_, tiny_config
+from tests.helpers import CLASS_NAMES, TINY_VAE_CONFIG, randomize_, tiny_config
 
 
 def _image(color: tuple[int, int, int], size: tuple[int, int] = (40, 40)) -> Image.Image:
@@ -168,12 +168,7 @@ def test_text_sampling(tiny_model: RepTok) -> None:
 def test_vae_space_model_saves_the_vae_once_and_reloads(tmp_path: Path) -> None:
     from reptok.decoder import ImageSpaceConfig
 
-    vae_cfg = {
-        "in_channels": 3, "out_channels": 3, "latent_channels": 4,
-        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        "block_out_channels": [8, 16], "layers_per_block": 1, "norm_num_groups": 8,
-    }  # fmt: skip
+    vae_cfg = TINY_VAE_CONFIG
     cfg = tiny_config(with_text=False)
     cfg.decoder = cfg.decoder.replace(in_channels=4, input_size=16, patch_size=4)
     cfg.image_space = ImageSpaceConfig(kind="vae", vae_config=vae_cfg)
