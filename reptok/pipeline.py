@@ -126,6 +126,23 @@ def _state_sha256(state: dict[str, Tensor]) -> str:
     return h.hexdigest()
 
 
+def _storage(key: str, value: Tensor, dtype: torch.dtype) -> Tensor:
+    """A tensor as it is written: floats in `dtype`, except the [cls] embeddings, kept in fp32.
+
+    A ViT's cls embedding can be ~1e-6 at initialisation: subnormal in fp16, where it would keep
+    only a few bits, and it is the whole of what stage A learns (D numbers: fp32 costs nothing).
+    """
+    value = value.detach().cpu().contiguous()
+    if not value.is_floating_point():
+        return value
+    return value.float() if key.endswith("cls_token") else value.to(dtype)
+
+
+def _backbone_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A stored backbone without its cls embedding: the tokenizer file holds the adapted one."""
+    return {k: v for k, v in state.items() if k != "cls_token"}
+
+
 def _load_into(module: nn.Module, state: dict[str, Tensor], what: str) -> None:
     """Strict load with a message that names the first problem."""
     own = module.state_dict()
@@ -233,23 +250,23 @@ class RepTok:
         root = Path(path)
         root.mkdir(parents=True, exist_ok=True)
         files = self._weight_files()
-        cast = {
-            name: {
-                k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
-                for k, v in st.items()
-            }
-            for name, st in files.items()
-        }
-        sha = _state_sha256(cast["backbone"])
+        cast = {name: {k: _storage(k, v, dtype) for k, v in st.items()} for name, st in files.items()}
         if backbone_file is None:
             backbone_file = "backbone.safetensors"
+            sha = _state_sha256(cast["backbone"])
             save_file(cast["backbone"], root / backbone_file, metadata={"format": "pt", "sha256": sha})
         else:
-            shared = load_file(root / backbone_file)
-            if _state_sha256(shared) != sha:
+            # Reference a backbone stored elsewhere (another model's, or a pre-training run's
+            # backbone.safetensors, in whatever dtype it was written): it must hold these weights.
+            shared = _backbone_state(load_file(root / backbone_file))
+            own = files["backbone"]
+            if shared.keys() != own.keys() or not all(
+                torch.equal(own[k].detach().cpu().to(shared[k].dtype), shared[k]) for k in own
+            ):
                 raise ValueError(
                     f"{backbone_file} holds a different backbone than this model's; refusing to reference it"
                 )
+            sha = _state_sha256(shared)
         for name, state in cast.items():
             if name != "backbone":
                 save_file(state, root / f"{name}.safetensors", metadata={"format": "pt"})
@@ -279,7 +296,7 @@ class RepTok:
         config.encoder = config.encoder.replace(pretrained=False)
         model = cls.from_config(config, root=root)
         backbone_path = root / config.backbone_file
-        backbone = load_file(backbone_path)
+        backbone = _backbone_state(load_file(backbone_path))
         if config.backbone_sha256 and _state_sha256(backbone) != config.backbone_sha256:
             raise ValueError(
                 f"{backbone_path} does not hold the backbone this model was trained on (sha256 differs)"

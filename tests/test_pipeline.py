@@ -43,11 +43,25 @@ def test_save_load_round_trip_is_exact(tiny_model: RepTok, tiny_model_dir: Path)
 
 def test_fp16_files_are_fp16_and_reload_to_the_rounded_weights(tiny_model: RepTok, tmp_path: Path) -> None:
     tiny_model.save_pretrained(tmp_path)  # default: fp16
-    assert all(t.dtype == torch.float16 for t in load_file(tmp_path / "tokenizer.safetensors").values())
+    stored = load_file(tmp_path / "tokenizer.safetensors")
+    # the [cls] embeddings stay fp32 (they can be ~1e-6, subnormal in fp16); everything else is fp16
+    assert {k for k, t in stored.items() if t.dtype == torch.float32} == {
+        "encoder.cls_token",
+        "encoder.frozen_cls_token",
+    }
+    assert all(t.dtype == torch.float16 for k, t in stored.items() if not k.endswith("cls_token"))
     loaded = RepTok.from_pretrained(tmp_path)
     for k, v in _all_weights(tiny_model).items():
-        expected = v.half().float() if v.is_floating_point() else v
+        keep_fp32 = k.endswith("cls_token") or not v.is_floating_point()
+        expected = v if keep_fp32 else v.half().float()
         assert torch.equal(_all_weights(loaded)[k], expected), k
+    tiny = torch.full_like(tiny_model.encoder.frozen_cls_token, 1e-6)
+    tiny_model.encoder.frozen_cls_token.copy_(tiny)
+    try:
+        tiny_model.save_pretrained(tmp_path / "small")
+        assert torch.equal(RepTok.from_pretrained(tmp_path / "small").encoder.frozen_cls_token, tiny)
+    finally:
+        tiny_model.encoder.frozen_cls_token.copy_(tiny_model.encoder.backbone.cls_token.detach())
 
 
 def test_loading_is_strict_and_names_the_problem(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -75,6 +89,11 @@ def test_a_shared_backbone_is_stored_once_and_checked(tiny_model: RepTok, tmp_pa
     assert torch.equal(
         loaded.encoder.backbone.pos_embed, tiny_model.encoder.backbone.pos_embed.half().float()
     )
+    # a pre-training run's file (fp32, with its own cls_token) can be referenced too
+    run = {k: v.float() for k, v in tiny_model.encoder.backbone.state_dict().items()}
+    save_file({k: v.contiguous() for k, v in run.items()}, tmp_path / "run.safetensors")
+    tiny_model.save_pretrained(tmp_path / "e", dtype=torch.float32, backbone_file="../run.safetensors")
+    assert torch.equal(RepTok.from_pretrained(tmp_path / "e").encoder.backbone.pos_embed, run["pos_embed"])
     other = RepTok.from_config(tiny_config(with_text=False))  # a different random backbone
     with pytest.raises(ValueError, match="different backbone"):
         other.save_pretrained(tmp_path / "c", backbone_file="../a/backbone.safetensors")

@@ -1,0 +1,222 @@
+"""The training scripts end to end on a tiny image folder: stage A, stage B, exact resume, clear errors.
+
+The scripts' main(argv) run in-process with the "test" presets (seconds on a CPU); one subprocess
+per script checks the command line itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file, save_file
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # train/ is a folder of scripts, not an installed package
+
+from reptok.encoder import ENCODER_PRESETS, create_backbone  # noqa: E402
+from reptok.pipeline import RepTok  # noqa: E402
+from train import train_generator, train_tokenizer  # noqa: E402
+from train.common import resumable_batches, step_generator  # noqa: E402
+
+
+def write_shapes(root: Path, per_class: int = 8, size: int = 32) -> Path:
+    """root/<circle|square>/<i>.png: random-coloured shapes on white, a stand-in for emoji."""
+    rng = random.Random(0)
+    for shape in ("circle", "square"):
+        (root / shape).mkdir(parents=True)
+        for i in range(per_class):
+            image = Image.new("RGB", (size, size), "white")
+            draw = ImageDraw.Draw(image)
+            lo, hi = rng.randrange(2, 10), rng.randrange(20, size - 2)
+            colour = tuple(rng.randrange(256) for _ in range(3))
+            (draw.ellipse if shape == "circle" else draw.rectangle)([lo, lo, hi, hi], fill=colour)
+            image.save(root / shape / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_shapes(tmp_path_factory.mktemp("shapes") / "data")
+
+
+def stage_a_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--preset", "test", "--data", str(data), "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_run(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("stage_a") / "run"
+    train_tokenizer.main(stage_a_args(data_dir, out, "--lam", "0.5"))
+    return out
+
+
+def test_stage_a_saves_a_model_that_reconstructs(tokenizer_run: Path) -> None:
+    model = RepTok.from_pretrained(tokenizer_run / "model")
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = model.reconstruct(images, steps=2, output_type="pt")
+    assert out.shape == (2, 3, 32, 32) and torch.isfinite(out).all()
+    assert model.config.info["preset"] == "test" and model.config.info["steps"] == 4
+    records = [json.loads(line) for line in (tokenizer_run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
+    ckpt = torch.load(tokenizer_run / "checkpoint.pt", weights_only=True)  # plain types only
+    assert ckpt["step"] == 4 and ckpt["run_config"]["preset"] == "test"
+
+
+def test_lambda_inf_freezes_the_token_and_finite_lambda_moves_it(
+    tokenizer_run: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    moved = load_file(tokenizer_run / "model" / "tokenizer.safetensors")
+    assert not torch.equal(moved["encoder.cls_token"], moved["encoder.frozen_cls_token"])
+    train_tokenizer.main(stage_a_args(data_dir, tmp_path / "frozen", "--lam", "inf", "--steps", "2"))
+    frozen = load_file(tmp_path / "frozen" / "model" / "tokenizer.safetensors")
+    assert torch.equal(frozen["encoder.cls_token"], frozen["encoder.frozen_cls_token"])
+    assert torch.equal(frozen["encoder.frozen_cls_token"], moved["encoder.frozen_cls_token"])  # same seed
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+        elif isinstance(a[key], dict):
+            _assert_same_state(a[key], b[key])
+
+
+def test_resume_ends_at_bitwise_the_same_weights(data_dir: Path, tmp_path: Path) -> None:
+    base = ["--lam", "0.5", "--ckpt-every", "1"]
+    train_tokenizer.main(stage_a_args(data_dir, tmp_path / "straight", *base, "--steps", "6"))
+    train_tokenizer.main(stage_a_args(data_dir, tmp_path / "split", *base, "--steps", "3"))
+    train_tokenizer.main(stage_a_args(data_dir, tmp_path / "split", *base, "--steps", "6", "--resume"))
+    straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    split = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    assert straight["step"] == split["step"] == 6
+    for part in ("model", "ema", "optimizer"):
+        _assert_same_state(straight[part], split[part])
+    for name in ("tokenizer.safetensors", "backbone.safetensors"):
+        _assert_same_state(
+            load_file(tmp_path / "straight" / "model" / name), load_file(tmp_path / "split" / "model" / name)
+        )
+    steps = [
+        json.loads(line).get("step") for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()
+    ]
+    assert [s for s in steps if s] == [1, 2, 3, 3, 3, 4, 5, 6, 6]  # start/done/resume events carry a step too
+
+
+def test_stage_b_resumes_exactly(tokenizer_run: Path, data_dir: Path, tmp_path: Path) -> None:
+    def run(out: str, steps: int, *extra: str) -> None:
+        args = ["--preset", "test", "--tokenizer", str(tokenizer_run / "model"), "--data", str(data_dir)]
+        train_generator.main(
+            [*args, "--out", str(tmp_path / out), "--steps", str(steps), "--ckpt-every", "1", *extra]
+        )
+
+    run("straight", 4)
+    run("split", 2)
+    run("split", 4, "--resume")
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    _assert_same_state(a["ema"], b["ema"])
+    _assert_same_state(a["optimizer"], b["optimizer"])
+
+
+def test_stage_b_class_then_text_samples(tokenizer_run: Path, data_dir: Path, tmp_path: Path) -> None:
+    common = ["--preset", "test", "--data", str(data_dir)]
+    class_model = train_generator.main(
+        [*common, "--tokenizer", str(tokenizer_run / "model"), "--out", str(tmp_path / "c")]
+    )
+    text_args = ["--tokenizer", str(class_model), "--cond", "text", "--out", str(tmp_path / "t")]
+    both = train_generator.main([*common, *text_args])
+    tokens = torch.load(tmp_path / "t" / "tokens.pt", weights_only=True)
+    assert tokens["z"].shape == (len(tokens["captions"]), 1, 48) and tokens["text"]["hidden"].shape[-1] == 384
+
+    model = RepTok.from_pretrained(both)
+    assert model.config.class_names == ["circle", "square"]
+    assert not (both / "backbone.safetensors").exists()  # referenced from the stage-A folder, not copied
+    assert model.config.backbone_file.startswith("../")
+    kwargs = {"steps": 2, "decode_steps": 2, "output_type": "pt"}
+    by_class = model.sample(labels=["circle", 1], **kwargs)
+    by_text = model.sample(prompts=["a red circle", "a blue square"], **kwargs)
+    for images in (by_class, by_text):
+        assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
+
+
+def test_stage_a_in_house_backbone_folder_and_vae_space(data_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "backbone"
+    folder.mkdir()
+    config = ENCODER_PRESETS["test"]
+    torch.manual_seed(123)
+    weights = create_backbone(config).state_dict()
+    save_file(weights, folder / "backbone.safetensors")
+    (folder / "config.json").write_text(json.dumps({"encoder": config.to_dict(), "method": "random"}))
+    vae = {
+        "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [8, 16],
+        "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
+        "layers_per_block": 1, "norm_num_groups": 4, "sample_size": 32,
+    }  # fmt: skip
+    (tmp_path / "vae.json").write_text(json.dumps(vae))
+    extra = ["--backbone", str(folder), "--space", "vae", "--vae", str(tmp_path / "vae.json"), "--steps", "2"]
+    out = train_tokenizer.main(stage_a_args(data_dir, tmp_path / "run", *extra))
+    model = RepTok.from_pretrained(out)
+    assert model.config.image_space.kind == "vae" and (out / "vae").is_dir()
+    assert model.config.decoder.in_channels == 4 and model.config.decoder.input_size == 16
+    # The folder's weights were loaded (stored fp16), not re-drawn from the seed.
+    assert torch.equal(model.encoder.backbone.pos_embed, weights["pos_embed"].half().float())
+    assert model.reconstruct(torch.zeros(1, 3, 32, 32), steps=1, output_type="pt").shape == (1, 3, 32, 32)
+
+
+def test_clear_errors(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(FileNotFoundError, match="not found"):
+        train_tokenizer.main(stage_a_args(tmp_path / "no-such-dir", tmp_path / "x"))
+    with pytest.raises(ValueError, match="timm does not know"):
+        train_tokenizer.main(stage_a_args(data_dir, tmp_path / "x", "--backbone", "vit_no_such_model"))
+    with pytest.raises(FileNotFoundError, match="backbone folder"):
+        train_tokenizer.main(stage_a_args(data_dir, tmp_path / "x", "--backbone", str(tmp_path / "none/")))
+    with pytest.raises(FileNotFoundError, match=r"config\.json"):
+        train_generator.main(["--preset", "test", "--tokenizer", str(tmp_path), "--out", str(tmp_path / "g")])
+
+    out = tmp_path / "run"
+    train_tokenizer.main(stage_a_args(data_dir, out, "--steps", "2"))
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_tokenizer.main(stage_a_args(data_dir, out, "--steps", "2"))
+    twin = dataclasses.replace(train_tokenizer.PRESETS["test"])  # same content, another name: still refused
+    monkeypatch.setitem(train_tokenizer.PRESETS, "test-b", twin)
+    other = ["--preset", "test-b", "--data", str(data_dir), "--out", str(out), "--resume", "--steps", "4"]
+    expected = r"another preset or config:\n  preset: checkpoint 'test', now 'test-b'"
+    with pytest.raises(ValueError, match=expected):
+        train_tokenizer.main(other)
+    with pytest.raises(ValueError, match=r"encoder\.cosine_weight"):
+        train_tokenizer.main(stage_a_args(data_dir, out, "--resume", "--steps", "4", "--lam", "0.1"))
+
+
+def test_batches_are_a_pure_function_of_seed_and_step() -> None:
+    data = {"i": torch.arange(10)}
+    stream = resumable_batches(data, 4, seed=1, start_step=0)
+    full = [next(stream)["i"] for _ in range(6)]
+    later = resumable_batches(data, 4, seed=1, start_step=3)
+    assert all(torch.equal(next(later)["i"], full[k]) for k in (3, 4, 5))
+    epoch0 = torch.cat(full)[:10]
+    assert sorted(epoch0.tolist()) == list(range(10))  # each epoch is a permutation
+    ranks = [
+        next(resumable_batches(data, 2, seed=1, start_step=0, rank=r, world_size=2))["i"] for r in (0, 1)
+    ]
+    assert torch.equal(torch.cat(ranks), full[0])  # ranks split the global batch
+    a, b = step_generator(0, 5), step_generator(0, 5)
+    assert torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b))
+
+
+@pytest.mark.parametrize("script", ["train_tokenizer.py", "train_generator.py"])
+def test_help(script: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "train" / script), "--preset", "test", "--help"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "--preset" in result.stdout and "--resume" in result.stdout and "--steps" in result.stdout

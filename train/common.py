@@ -1,0 +1,629 @@
+"""Shared training machinery for the scripts in train/: one loop, resumable to the bit.
+
+API (everything a script needs; see train/train_tokenizer.py for a complete use):
+
+    TrainConfig                        the loop knobs every script shares (presets hold one each)
+    select_preset(argv, presets, default) -> str   read --preset first: the full parser's defaults come from it
+    add_train_args(parser, defaults, *, out_default=None)
+                                       --steps --batch-size --lr --weight-decay --warmup-steps --ema-decay
+                                       --grad-clip --log-every --ckpt-every --seed --num-workers --precision
+                                       --compile --resume --out, defaulting to `defaults`
+    train_config_from_args(args) -> TrainConfig
+    seed_everything(seed)              call before building models: same seed, same initial weights
+    resumable_batches(dataset, batch_size, seed, start_step, num_workers=0, collate=None, *, rank=0,
+                      world_size=1) -> Iterator[dict]   infinite; batch k depends only on (seed, k)
+    step_generator(seed, step, rank=0) -> torch.Generator   the per-step RNG handed to loss_fn
+    to_plain(value)                    dataclasses / Paths / tuples / inf -> JSON-safe plain types
+    Trainer(cfg, out_dir, model, params, run_config, *, resume=False, compile_modules=None)
+        .fit(batches, loss_fn)         loss_fn(model, batch, generator) -> (loss, {name: float | 0-d tensor})
+        .batches(dataset, collate=None)   resumable_batches from the trainer's step, rank and world size
+        .ema  .step  .device  .is_main  .elapsed_s  .print(...)  .save_checkpoint()
+
+Determinism contract (single process, CPU): a run stopped after any checkpoint and continued with
+--resume ends at exactly the weights of an uninterrupted run with the same seed. Nothing random is
+drawn from global RNG state: the data order is a pure function of (seed, step) and loss_fn gets a
+generator seeded from (seed, step, rank). The checkpoint still stores the global RNG states (torch,
+CUDA, numpy, python) for code that does use them. It holds plain types only, so
+`torch.load(path, weights_only=True)` reads it.
+
+Data parallel: `accelerate launch train/x.py ...` runs unchanged. Gradients are averaged with one
+all-reduce per step, so loss_fn may call any method of the model, not only forward (which is what
+DDP would need). Each rank gets its own slice of every global batch and its own step generator.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, default_collate
+from tqdm import tqdm
+
+Precision = Literal["auto", "fp32", "bf16"]
+LossFn = Callable[[nn.Module, dict[str, Any], torch.Generator], tuple[Tensor, dict[str, float | Tensor]]]
+CHECKPOINT_FORMAT = "reptok-train-checkpoint"
+CHECKPOINT_VERSION = 1
+# Run-config entries that may change on --resume: they do not change the trajectory (the LR is
+# constant after warmup, so --steps can be raised to extend a run), or only its speed.
+RESUMABLE_CHANGES = frozenset(
+    f"train.{name}" for name in ("steps", "log_every", "ckpt_every", "num_workers", "compile", "precision")
+)
+
+
+@dataclass
+class TrainConfig:
+    steps: int  # optimizer steps in total, counted across resumes
+    batch_size: int  # per process
+    lr: float  # peak learning rate (AdamW); constant after warmup
+    weight_decay: float = 0.0  # AdamW decay, on matrices only (not biases, norms, embeddings' 1-D rows)
+    warmup_steps: int = 0  # linear warmup from 0 to lr
+    ema_decay: float = 0.999  # the saved model is the EMA; warmed up as min(decay, (1+k)/(10+k))
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    log_every: int = 50
+    ckpt_every: int = 1000  # also written at the last step
+    seed: int = 0
+    num_workers: int = 0  # DataLoader workers; 0 loads in the main process (in-memory data sets)
+    precision: Precision = "auto"  # auto: bf16 autocast on a GPU that has it, fp32 elsewhere
+    compile: bool = False  # torch.compile the heavy modules (GPU only; ignored on CPU)
+
+    def validate(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.warmup_steps < 0:
+            raise ValueError(f"need steps >= 0, batch_size >= 1, warmup_steps >= 0; got {self}")
+        if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError(f"need lr > 0, weight_decay >= 0, grad_clip >= 0; got {self}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.log_every < 1 or self.ckpt_every < 1:
+            raise ValueError("log_every and ckpt_every must be at least 1")
+
+
+# ------------------------------------------------------------------------------------- the CLI
+
+
+def select_preset(argv: Sequence[str], presets: Mapping[str, Any], default: str) -> str:
+    """The --preset in argv, read before the full parser exists (its defaults are the preset's)."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", choices=sorted(presets), default=default)
+    return pre.parse_known_args(list(argv))[0].preset
+
+
+def add_train_args(
+    parser: argparse.ArgumentParser, defaults: TrainConfig, *, out_default: str | Path | None = None
+) -> None:
+    """The loop flags every script shares; their defaults are `defaults` (the chosen preset's)."""
+    d = defaults
+    g = parser.add_argument_group("training loop (defaults shown are the chosen preset's)")
+    g.add_argument("--steps", type=int, default=d.steps, help="total optimizer steps, across resumes")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size per process")
+    g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate after warmup")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW decay on matrices")
+    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear LR warmup")
+    g.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA of the weights (what is saved)")
+    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: off)")
+    g.add_argument("--log-every", type=int, default=d.log_every, help="steps between log lines")
+    g.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between checkpoints")
+    g.add_argument("--seed", type=int, default=d.seed, help="init, data order and noise all follow it")
+    g.add_argument("--num-workers", type=int, default=d.num_workers, help="DataLoader workers")
+    g.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
+        help="auto: bf16 autocast on a GPU with bf16, fp32 on CPU",
+    )  # fmt: skip
+    g.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=d.compile,
+        help="torch.compile the heavy modules (GPU only)",
+    )  # fmt: skip
+    g.add_argument(
+        "--resume", action="store_true",
+        help="continue from OUT/checkpoint.pt (refused if it is another preset or config); "
+        "starts fresh when there is none",
+    )  # fmt: skip
+    g.add_argument(
+        "--out", type=Path, default=out_default, required=out_default is None,
+        help="run folder: checkpoint.pt, log.jsonl, run_config.json and the saved model",
+    )  # fmt: skip
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    cfg.validate()
+    return cfg
+
+
+def to_plain(value: Any) -> Any:
+    """JSON-safe plain types (what checkpoints and config files hold); inf/nan become strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        as_dict = value.to_dict() if hasattr(value, "to_dict") else dataclasses.asdict(value)
+        return to_plain(as_dict)
+    if isinstance(value, Mapping):
+        return {str(k): to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    raise TypeError(f"{type(value).__name__} is not a plain config value: {value!r}")
+
+
+# ------------------------------------------------------------------------------ randomness, data
+
+
+def _derive_seed(*parts: int) -> int:
+    """A 63-bit seed from a tuple of ints (numpy's SeedSequence hashing: no nearby-seed correlation)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The CPU generator loss_fn draws noise, times and dropout from at `step` (on `rank`)."""
+    return torch.Generator(device="cpu").manual_seed(_derive_seed(seed, step, rank, 1))
+
+
+class IndexStream:
+    """Batches of dataset indices, forever: an endless stream of epochs, each a permutation drawn from
+    (seed, epoch). Global step k takes stream items [(k·W + rank)·B, (k·W + rank + 1)·B), so any
+    batch can be produced without replaying the ones before it; the state is just the step."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int, rank: int, world_size: int):
+        if n < 1:
+            raise ValueError("the training set is empty")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start_step, self.rank, self.world_size = start_step, rank, world_size
+        self._perms: dict[int, list[int]] = {}
+
+    def _perm(self, epoch: int) -> list[int]:
+        if epoch not in self._perms:
+            if len(self._perms) > 2:
+                self._perms.pop(min(self._perms))
+            g = torch.Generator().manual_seed(_derive_seed(self.seed, epoch, 0xDA7A))
+            self._perms[epoch] = torch.randperm(self.n, generator=g).tolist()
+        return self._perms[epoch]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start_step
+        while True:
+            start = (step * self.world_size + self.rank) * self.batch_size
+            yield [self._perm(p // self.n)[p % self.n] for p in range(start, start + self.batch_size)]
+            step += 1
+
+
+def resumable_batches(
+    dataset: Any,
+    batch_size: int,
+    seed: int,
+    start_step: int,
+    num_workers: int = 0,
+    collate: Callable[[list[Any]], dict[str, Any]] | None = None,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[dict[str, Any]]:
+    """Batches for steps start_step, start_step + 1, ... of a run (never ends).
+
+    `dataset` is a map-style Dataset, or a dict of equally long tensors / lists (cached tokens:
+    gathered by indexing, no per-item Python). Workers only load; the order comes from IndexStream,
+    so no DataLoader iterator state is needed to resume.
+    """
+    if isinstance(dataset, Mapping):
+        sizes = {k: len(v) for k, v in dataset.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"dataset columns differ in length: {sizes}")
+        stream = IndexStream(next(iter(sizes.values())), batch_size, seed, start_step, rank, world_size)
+        for idx in stream:
+            rows = torch.tensor(idx)
+            yield {k: v[rows] if isinstance(v, Tensor) else [v[i] for i in idx] for k, v in dataset.items()}
+        return
+    stream = IndexStream(len(dataset), batch_size, seed, start_step, rank, world_size)
+    collate = collate or default_collate
+    if num_workers == 0:
+        for idx in stream:
+            yield collate([dataset[i] for i in idx])
+        return
+    loader = DataLoader(
+        dataset, batch_sampler=stream, num_workers=num_workers, collate_fn=collate,
+        pin_memory=torch.cuda.is_available(), persistent_workers=True,
+    )  # fmt: skip
+    yield from loader
+
+
+def _rng_state() -> dict[str, Any]:
+    np_kind, np_key, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_kind, torch.from_numpy(np_key.astype(np.int64)), np_pos, np_has_gauss, np_gauss],
+        "python": [py_version, list(py_state), py_gauss],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, key, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, py_state, py_gauss = state["python"]
+    random.setstate((version, tuple(py_state), py_gauss))
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out |= _flatten(v, key + ".") if isinstance(v, Mapping) else {key: v}
+    return out
+
+
+def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """'key: checkpoint X, now Y' for every run-config entry that may not change on resume."""
+    a, b = _flatten(saved), _flatten(current)
+    missing = "(absent)"
+    return [
+        f"{k}: checkpoint {a.get(k, missing)!r}, now {b.get(k, missing)!r}"
+        for k in sorted(set(a) | set(b))
+        if k not in RESUMABLE_CHANGES and a.get(k, missing) != b.get(k, missing)
+    ]
+
+
+# ----------------------------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """AdamW + warmup + EMA + autocast + atomic, resumable checkpoints around a user loss function.
+
+    `model` holds everything the loss needs; `params` are the ones to train (the rest is frozen:
+    not saved in checkpoints, only fingerprinted, since a rebuilt model reproduces it). The EMA copy
+    shares the frozen parameters with `model` and averages `params`; buffers are copied.
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        out_dir: Path,
+        model: nn.Module,
+        params: list[nn.Parameter],
+        run_config: dict[str, Any],
+        *,
+        resume: bool = False,
+        compile_modules: Sequence[nn.Module] | None = None,
+    ) -> None:
+        cfg.validate()
+        self.cfg, self.out_dir = cfg, Path(out_dir)
+        self.accelerator = Accelerator()
+        self.device = self.accelerator.device
+        self.is_main = self.accelerator.is_main_process
+        self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
+        self.run_config = json.loads(json.dumps(to_plain({"train": cfg, **run_config})))
+        self.step, self.elapsed_s = 0, 0.0
+        self.checkpoint_path = self.out_dir / "checkpoint.pt"
+        self.log_path = self.out_dir / "log.jsonl"
+
+        names = {id(p): n for n, p in model.named_parameters()}
+        unknown = [p for p in params if id(p) not in names]
+        frozen_in_params = [names[id(p)] for p in params if id(p) in names and not p.requires_grad]
+        if unknown or frozen_in_params or not params:
+            raise ValueError(
+                f"params must be non-empty trainable parameters of the model ({len(unknown)} not in it, "
+                f"frozen: {frozen_in_params[:3]})"
+            )
+        trainable = {id(p) for p in params}
+        self.frozen_names = {n for n, p in model.named_parameters() if id(p) not in trainable}
+        self.frozen_sha256 = _fingerprint(
+            {n: p for n, p in model.named_parameters() if n in self.frozen_names}
+        )
+        self.model = model.to(self.device)
+        self.params = params
+        # The EMA shares frozen parameters (memo): a second copy of a big backbone buys nothing.
+        memo = {id(p): p for p in self.model.parameters() if id(p) not in trainable}
+        self.ema = copy.deepcopy(self.model, memo).eval().requires_grad_(False)
+        ema_named = dict(self.ema.named_parameters())
+        self._ema_pairs = [(ema_named[names[id(p)]], p) for p in params]
+        ema_buffers = dict(self.ema.named_buffers())
+        self._buffer_pairs = [(ema_buffers[n], b) for n, b in self.model.named_buffers()]
+
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        groups = [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        self.optimizer = torch.optim.AdamW(
+            [g for g in groups if g["params"]],
+            lr=cfg.lr,
+            betas=(0.9, 0.999),
+            fused=True if self.device.type == "cuda" else None,
+        )
+        warmup = cfg.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+        )
+        self.autocast_dtype = _autocast_dtype(cfg.precision, self.device)
+
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.checkpoint_path.is_file():
+            if not resume:
+                raise FileExistsError(
+                    f"{self.out_dir} already holds a run ({self.checkpoint_path.name}); pass --resume to "
+                    "continue it, or choose another --out"
+                )
+            self._load_checkpoint()
+        elif resume:
+            self.print(f"--resume: no checkpoint in {self.out_dir}, starting from step 0")
+        if self.step > cfg.steps:
+            raise ValueError(f"the checkpoint is at step {self.step}, past --steps {cfg.steps}")
+        if self.is_main:
+            (self.out_dir / "run_config.json").write_text(json.dumps(self.run_config, indent=2) + "\n")
+            self._truncate_log()
+        if cfg.compile and self.device.type == "cuda":
+            for module in compile_modules if compile_modules is not None else [self.model]:
+                module.compile()  # in place: state_dict keys stay the same
+        elif cfg.compile:
+            self.print("--compile: skipped on CPU")
+        n_train = sum(p.numel() for p in params)
+        n_frozen = sum(p.numel() for n, p in model.named_parameters() if n in self.frozen_names)
+        self.print(
+            f"device {self.device} x{self.world_size} | {n_train / 1e6:.2f}M trainable, "
+            f"{n_frozen / 1e6:.2f}M frozen parameters | autocast {self.autocast_dtype or 'off (fp32)'}"
+        )
+
+    # ------------------------------------------------------------------------------- plumbing
+
+    def print(self, *args: Any) -> None:
+        if self.is_main:
+            tqdm.write(" ".join(str(a) for a in args))
+
+    def batches(
+        self, dataset: Any, collate: Callable[[list[Any]], dict[str, Any]] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """resumable_batches from this trainer's step, for this process's rank."""
+        return resumable_batches(
+            dataset, self.cfg.batch_size, self.cfg.seed, self.step, self.cfg.num_workers, collate,
+            rank=self.rank, world_size=self.world_size,
+        )  # fmt: skip
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: v.to(self.device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()
+        }
+
+    def _trained_state(self, module: nn.Module) -> dict[str, Tensor]:
+        # torch.save copies now and torch.load maps to CPU: no clone or .cpu() needed here.
+        return {k: v for k, v in module.state_dict().items() if k not in self.frozen_names}
+
+    def _load_trained_state(self, module: nn.Module, state: dict[str, Tensor], what: str) -> None:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+        if unexpected or set(missing) != self.frozen_names:
+            raise ValueError(
+                f"{self.checkpoint_path}: {what} weights do not fit this model "
+                f"(unexpected {unexpected[:3]}, missing {sorted(set(missing) - self.frozen_names)[:3]})"
+            )
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.is_main:
+            with self.log_path.open("a") as f:
+                f.write(json.dumps(to_plain(record)) + "\n")
+
+    def _truncate_log(self) -> None:
+        """Drop log lines of steps after the checkpoint: the resumed run writes them again."""
+        if not self.log_path.is_file():
+            return
+        keep = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= self.step:
+                    keep.append(line + "\n")
+            except json.JSONDecodeError:  # a line cut short by the kill
+                continue
+        self.log_path.write_text("".join(keep))
+
+    # ---------------------------------------------------------------------------- checkpoints
+
+    def save_checkpoint(self) -> None:
+        """Write OUT/checkpoint.pt atomically (temp file + os.replace): a kill never leaves half a file."""
+        if not self.is_main:
+            return
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "step": self.step,
+            "elapsed_s": self.elapsed_s,
+            "run_config": self.run_config,
+            "frozen_sha256": self.frozen_sha256,
+            "model": self._trained_state(self.model),
+            "ema": self._trained_state(self.ema),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": _rng_state(),
+            # Both are functions of (seed, step): stored so the checkpoint says what it resumes.
+            "data": {"seed": self.cfg.seed, "position": self.step * self.world_size * self.cfg.batch_size},
+            "step_generator": {"seed": self.cfg.seed, "next_step": self.step, "world_size": self.world_size},
+        }
+        tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + ".tmp")
+        with tmp.open("wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.checkpoint_path)
+
+    def _load_checkpoint(self) -> None:
+        ckpt = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        if ckpt.get("format") != CHECKPOINT_FORMAT or ckpt.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(
+                f"{self.checkpoint_path} is not a {CHECKPOINT_FORMAT} v{CHECKPOINT_VERSION} file"
+            )
+        diffs = config_differences(ckpt["run_config"], self.run_config)
+        if diffs:
+            raise ValueError(
+                f"cannot resume: {self.checkpoint_path} was written by another preset or config:\n  "
+                + "\n  ".join(diffs[:8])
+                + "\nuse the original flags, or a new --out to start another run"
+            )
+        if ckpt["frozen_sha256"] != self.frozen_sha256:
+            raise ValueError(
+                f"cannot resume: the frozen weights (backbone, VAE, ...) differ from the ones in "
+                f"{self.checkpoint_path}; was the backbone file replaced?"
+            )
+        self._load_trained_state(self.model, ckpt["model"], "model")
+        self._load_trained_state(self.ema, ckpt["ema"], "EMA")
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        _set_rng_state(ckpt["rng"])
+        saved_world = ckpt["step_generator"]["world_size"]
+        if saved_world != self.world_size:
+            self.print(f"note: resuming a {saved_world}-process run on {self.world_size}: data order changes")
+        self.step, self.elapsed_s = int(ckpt["step"]), float(ckpt["elapsed_s"])
+        self.print(f"resumed from {self.checkpoint_path} at step {self.step}")
+
+    # ----------------------------------------------------------------------------------- loop
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))  # warmup: short runs work too
+        torch._foreach_lerp_([e for e, _ in self._ema_pairs], [p for _, p in self._ema_pairs], 1.0 - decay)
+        for ema_buffer, buffer in self._buffer_pairs:
+            ema_buffer.copy_(buffer)
+
+    def _all_reduce_grads(self) -> None:
+        """Average gradients over processes in one flat all-reduce (what DDP does, without its forward)."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = self.accelerator.reduce(torch.cat([g.reshape(-1) for g in grads]), reduction="mean")
+        offset = 0
+        for p, g in zip(self.params, grads, strict=True):
+            p.grad = flat[offset : offset + g.numel()].view_as(g)
+            offset += g.numel()
+
+    def fit(self, batches: Iterator[dict[str, Any]], loss_fn: LossFn) -> None:
+        """Train from self.step to cfg.steps; log, checkpoint, and keep the EMA."""
+        cfg = self.cfg
+        self.model.train()
+        self._log(
+            {"event": "resume" if self.step else "start", "step": self.step, "device": str(self.device)}
+        )
+        refresh = 1 if self.device.type == "cpu" else 10  # a .item() per step costs nothing on a CPU
+        bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.is_main, desc=self.out_dir.name)
+        for_bar, for_log = _Window(), _Window()
+        while self.step < cfg.steps:
+            step_start = time.perf_counter()
+            batch = self._to_device(next(batches))
+            with self._autocast():
+                loss, metrics = loss_fn(self.model, batch, step_generator(cfg.seed, self.step, self.rank))
+            loss.backward()
+            if self.world_size > 1:
+                self._all_reduce_grads()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip or math.inf)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self._update_ema()
+            self.step += 1
+            self.elapsed_s += time.perf_counter() - step_start
+
+            values = {"loss": loss, **metrics, "grad_norm": grad_norm}
+            n_images = _batch_len(batch) * self.world_size
+            for window in (for_bar, for_log):
+                window.add(values, n_images)
+            bar.update(1)
+            if self.step % refresh == 0:
+                means, rate = for_bar.flush()
+                if not math.isfinite(means["loss"]):
+                    raise FloatingPointError(f"loss is {means['loss']} at step {self.step}; lower --lr?")
+                bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{rate:.1f}")
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                means, rate = for_log.flush()
+                lr = self.scheduler.get_last_lr()[0]
+                record = {
+                    "step": self.step,
+                    **means,
+                    "lr": lr,
+                    "img_per_s": rate,
+                    "elapsed_s": self.elapsed_s,
+                }
+                self._log(record)
+                self.print(" ".join(f"{k} {v:.4g}" for k, v in record.items()))
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+        bar.close()
+        self._log({"event": "done", "step": self.step, "elapsed_s": self.elapsed_s})
+        self.accelerator.wait_for_everyone()
+        self.model.eval()
+
+
+class _Window:
+    """Sums of the step metrics since the last flush; device tensors, so no GPU sync per step."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.steps, self.images, self.start = 0, 0, time.perf_counter()
+
+    def add(self, values: Mapping[str, float | Tensor], images: int) -> None:
+        for name, value in values.items():
+            value = torch.as_tensor(value).detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.steps, self.images = self.steps + 1, self.images + images
+
+    def flush(self) -> tuple[dict[str, float], float]:
+        """(mean of each metric, images per second) since the last flush."""
+        now = time.perf_counter()
+        means = {k: float(v) / max(self.steps, 1) for k, v in self.sums.items()}
+        rate = self.images / max(now - self.start, 1e-9)
+        self.sums, self.steps, self.images, self.start = {}, 0, 0, now
+        return means, rate
+
+
+def _autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision != "auto":
+        raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers (norms, losses) on tensor cores
+        return torch.bfloat16
+    return None
+
+
+def _fingerprint(named: Mapping[str, Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(named):
+        t = named[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _batch_len(batch: Mapping[str, Any]) -> int:
+    for value in batch.values():
+        if isinstance(value, Tensor) and value.dim() > 0:
+            return int(value.shape[0])
+    return len(next(iter(batch.values())))

@@ -1,0 +1,305 @@
+"""Stage A: train the tokenizer, i.e. the encoder's input [cls] embedding and the flow decoder, jointly.
+
+    python train/train_tokenizer.py --preset cpu-s --data data/emoji64.npz --out runs/tok-cpu-s
+    python train/train_tokenizer.py --preset gpu-b --backbone runs/backbones/dino --lam 0.5 --out runs/tok
+    accelerate launch train/train_tokenizer.py --preset gpu-b ...          (data-parallel, unchanged)
+
+Loss: flow_loss(decoder velocity given z) + λ·(1 − cos(z, z_frozen)), the encoder's cosine anchor.
+--lam inf freezes the token (the pure SSL code); only the decoder trains then.
+
+--backbone is a timm model name (random weights, or the hub's with --pretrained where it is
+reachable; its shape comes from --encoder) or an in-house backbone folder from
+train/pretrain_backbone.py (backbone.safetensors + config.json). --space vae runs the flow in the
+latent space of a diffusers AutoencoderKL: --vae is a hub name, a saved folder, or a .json config
+(random weights: tests).
+
+Writes OUT/checkpoint.pt (resume with --resume), OUT/log.jsonl, OUT/run_config.json and, at the
+end, the EMA weights as a RepTok model folder OUT/model (load with RepTok.from_pretrained).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from reptok.decoder import DECODER_PRESETS, Decoder, DecoderConfig, ImageSpace, ImageSpaceConfig
+from reptok.encoder import ENCODER_PRESETS, Encoder, EncoderConfig
+from reptok.flow import TimeSampling, flow_loss
+from reptok.pipeline import RepTok, RepTokConfig
+from train.common import (
+    LossFn,
+    TrainConfig,
+    Trainer,
+    add_train_args,
+    seed_everything,
+    select_preset,
+    to_plain,
+    train_config_from_args,
+)
+from train.data import build_dataset
+
+
+@dataclass
+class TokenizerPreset:
+    encoder: str  # ENCODER_PRESETS name: the backbone's shape when --backbone is a timm name
+    decoder: DecoderConfig  # token_dim, in_channels and input_size are set from encoder and image space
+    train: TrainConfig
+    lam: float = 1.0  # λ of the cosine anchor; inf = frozen token
+    image_size: int = 64  # side of the training images = what the decoder produces
+    time_schedule: TimeSampling = "logit_normal"  # more steps mid-path, where velocity is hardest
+
+
+PRESETS: dict[str, TokenizerPreset] = {
+    # Tiny, for tests: seconds on a CPU.
+    "test": TokenizerPreset(
+        encoder="test",
+        decoder=DECODER_PRESETS["test"],
+        train=TrainConfig(steps=4, batch_size=4, lr=1e-3, log_every=1, ckpt_every=2),
+        image_size=32,
+    ),
+    # 2 CPU cores, ~25 min: ViT-S/8 encoder, 8×8-patch decoder (65 tokens instead of the 257 of
+    # s4-64px, which runs ~10x slower on a CPU); ~1.7 s/step measured on the 2-core dev machine.
+    "cpu-s": TokenizerPreset(
+        encoder="vit-s8-64px",
+        decoder=DECODER_PRESETS["s4-64px"].replace(patch_size=8),
+        train=TrainConfig(
+            steps=900, batch_size=16, lr=3e-4, warmup_steps=100, log_every=25, ckpt_every=100, ema_decay=0.999
+        ),
+    ),
+    # One H100, ~8 min (estimated, not yet measured): the b4-64px decoder, bf16, batch 256.
+    "gpu-b": TokenizerPreset(
+        encoder="vit-s8-64px",
+        decoder=DECODER_PRESETS["b4-64px"],
+        train=TrainConfig(
+            steps=4000,
+            batch_size=256,
+            lr=3e-4,
+            warmup_steps=500,
+            log_every=100,
+            ckpt_every=1000,
+            ema_decay=0.9995,
+            num_workers=0,
+        ),
+    ),
+}
+
+
+class TokenizerModel(nn.Module):
+    """What stage A holds: the encoder (only its cls embedding trains), the decoder, the frozen image space."""
+
+    def __init__(self, encoder: Encoder, decoder: Decoder, image_space: ImageSpace) -> None:
+        super().__init__()
+        self.encoder, self.decoder, self.image_space = encoder, decoder, image_space
+
+
+def tokenizer_loss(schedule: TimeSampling) -> LossFn:
+    def loss_fn(
+        model: TokenizerModel, batch: dict[str, Any], generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, float | Tensor]]:
+        images = batch["image"]  # (B, 3, H, W) in [-1, 1]
+        with torch.no_grad():
+            target = model.image_space.encode(images)  # (B, C, S, S): pixels or VAE latents
+        # λ = inf: no gradient reaches the encoder, so it runs without a graph.
+        with torch.set_grad_enabled(model.encoder.backbone.cls_token.requires_grad):
+            enc = model.encoder(images)
+        z = enc.z  # (B, 1, D)
+        flow = flow_loss(
+            lambda x_t, t: model.decoder(x_t, t, z), target, schedule=schedule, generator=generator
+        )
+        metrics: dict[str, float | Tensor] = {"flow": flow.detach()}
+        if enc.cosine_loss is None:
+            return flow, metrics
+        metrics["one_minus_cos"] = enc.cosine_loss.detach() / model.encoder.config.cosine_weight
+        return flow + enc.cosine_loss, metrics
+
+    return loss_fn
+
+
+# ------------------------------------------------------------------------------------ building
+
+
+def build_encoder(backbone: str, encoder_preset: str, lam: float, pretrained: bool) -> tuple[Encoder, str]:
+    """Encoder + a description of where its weights came from."""
+    folder = Path(backbone)
+    if folder.is_dir():
+        config_path, weights_path = folder / "config.json", folder / "backbone.safetensors"
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"backbone folder {folder} has no {path.name} (train/pretrain_backbone.py)"
+                )
+        meta = json.loads(config_path.read_text())
+        if "encoder" not in meta:
+            raise ValueError(f"{config_path} has no 'encoder' entry; is it a pretrain_backbone.py folder?")
+        config = EncoderConfig.from_dict(meta["encoder"]).replace(cosine_weight=lam, pretrained=False)
+        encoder = Encoder(config)
+        try:
+            encoder.backbone.load_state_dict(load_file(weights_path), strict=True)
+        except RuntimeError as err:  # missing / unexpected keys or shapes: say which files disagree
+            raise ValueError(f"{weights_path} does not fit the backbone in {config_path}: {err}") from err
+        encoder.reset_frozen_token()  # the loaded cls embedding is the cosine target
+        return encoder, f"{folder} ({meta.get('method', 'unknown method')})"
+    if ("/" in backbone or "\\" in backbone) and not backbone.startswith(("hf-hub:", "hf_hub:")):
+        raise FileNotFoundError(f"backbone folder not found: {backbone}")
+    config = ENCODER_PRESETS[encoder_preset].replace(
+        backbone=backbone, pretrained=pretrained, cosine_weight=lam
+    )
+    return Encoder(config), f"timm {backbone} ({'pretrained' if pretrained else 'random init'})"
+
+
+def build_image_space(space: str, vae: str | None) -> tuple[ImageSpace, ImageSpaceConfig, int, int]:
+    """ImageSpace, its config, latent channels and the pixel/latent downsampling factor."""
+    if space == "pixel":
+        return ImageSpace(ImageSpaceConfig()), ImageSpaceConfig(), 3, 1
+    if vae is None:
+        raise ValueError(
+            "--space vae needs --vae (a hub name, a saved AutoencoderKL folder, or a .json config)"
+        )
+    from diffusers import AutoencoderKL
+
+    if vae.endswith(".json"):
+        vae_config = json.loads(Path(vae).read_text())
+        model, config = (
+            AutoencoderKL.from_config(vae_config),
+            ImageSpaceConfig(kind="vae", vae_config=vae_config),
+        )
+    else:
+        model = AutoencoderKL.from_pretrained(vae)
+        source = str(Path(vae).resolve()) if Path(vae).is_dir() else vae
+        config = ImageSpaceConfig(kind="vae", vae=source)
+    config = config.replace(
+        scale=float(model.config.scaling_factor), shift=float(model.config.shift_factor or 0.0)
+    )
+    factor = 2 ** (len(model.config.block_out_channels) - 1)
+    return ImageSpace(config, model), config, int(model.config.latent_channels), factor
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    preset = PRESETS[select_preset(argv, PRESETS, "cpu-s")]
+    parser = argparse.ArgumentParser(
+        prog="train_tokenizer.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--preset", choices=sorted(PRESETS), default="cpu-s",
+        help="named configuration (default cpu-s); the defaults below are this preset's",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data", default="data/emoji64.npz", help="emoji .npz or a folder root/<class>/<image>"
+    )
+    parser.add_argument(
+        "--backbone", default=None,
+        help="timm model name, or an in-house backbone folder (default: the --encoder preset's model)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--encoder", choices=sorted(ENCODER_PRESETS), default=preset.encoder,
+        help=f"encoder preset: the backbone's shape and normalisation (default {preset.encoder})",
+    )  # fmt: skip
+    parser.add_argument("--pretrained", action="store_true", help="load timm's hub weights for --backbone")
+    parser.add_argument(
+        "--decoder", choices=sorted(DECODER_PRESETS), default=None,
+        help="decoder preset instead of the preset's own decoder",
+    )  # fmt: skip
+    parser.add_argument(
+        "--lam", type=float, default=preset.lam, help=f"cosine weight λ; inf = frozen token ({preset.lam})"
+    )
+    parser.add_argument("--space", choices=["pixel", "vae"], default="pixel", help="where the flow runs")
+    parser.add_argument(
+        "--vae", default=None, help="--space vae: AutoencoderKL hub name, folder or .json config"
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=preset.image_size, help=f"training image side ({preset.image_size})"
+    )
+    parser.add_argument(
+        "--time-schedule", choices=["logit_normal", "uniform"], default=preset.time_schedule,
+        help=f"training time distribution ({preset.time_schedule})",
+    )  # fmt: skip
+    add_train_args(parser, preset.train, out_default=None)
+    return parser.parse_args(list(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Run stage A; returns the saved model folder."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    preset = PRESETS[args.preset]
+    cfg = train_config_from_args(args)
+    if not (args.lam >= 0):
+        raise ValueError(f"--lam must be >= 0 (or inf), got {args.lam}")
+    dataset = build_dataset(args.data, split="train", image_size=args.image_size)  # fails fast on bad --data
+
+    seed_everything(cfg.seed)  # random backbones, decoder init and random VAEs follow the seed
+    backbone = args.backbone or ENCODER_PRESETS[args.encoder].backbone
+    encoder, backbone_source = build_encoder(backbone, args.encoder, args.lam, args.pretrained)
+    image_space, space_config, channels, factor = build_image_space(args.space, args.vae)
+    if args.image_size % factor:
+        raise ValueError(f"--image-size {args.image_size} is not divisible by the VAE's factor {factor}")
+    base = DECODER_PRESETS[args.decoder] if args.decoder else preset.decoder
+    decoder_config = base.replace(
+        token_dim=encoder.dim, in_channels=channels, input_size=args.image_size // factor
+    )
+    decoder = Decoder(decoder_config)
+    model = TokenizerModel(encoder, decoder, image_space)
+    params = [p for p in model.parameters() if p.requires_grad]  # cls embedding (λ < inf) + decoder
+
+    run_config = {
+        "stage": "tokenizer",
+        "preset": args.preset,
+        "data": str(Path(args.data).resolve()),
+        "image_size": args.image_size,
+        "backbone": backbone_source,
+        "encoder": encoder.config,
+        "decoder": decoder_config,
+        "image_space": space_config,
+        "time_schedule": args.time_schedule,
+    }
+    trainer = Trainer(cfg, args.out, model, params, run_config, resume=args.resume, compile_modules=[decoder])
+    trainer.print(
+        f"stage A | preset {args.preset} | {len(dataset)} images | backbone {backbone_source} | "
+        f"λ = {args.lam} | decoder {sum(p.numel() for p in decoder.parameters()) / 1e6:.1f}M"
+    )
+    trainer.fit(trainer.batches(dataset), tokenizer_loss(args.time_schedule))
+
+    out = args.out / "model"
+    if trainer.is_main:
+        ema: TokenizerModel = trainer.ema.to("cpu")
+        config = RepTokConfig(
+            encoder=encoder.config,
+            decoder=decoder_config,
+            image_space=space_config,
+            info=to_plain(
+                {
+                    "stage": "tokenizer",
+                    "trained_with": "train/train_tokenizer.py",
+                    "preset": args.preset,
+                    "data": args.data,
+                    "train_images": len(dataset),
+                    "backbone": backbone_source,
+                    "lam": args.lam,
+                    "steps": trainer.step,
+                    "batch_size": cfg.batch_size * trainer.world_size,
+                    "device": f"{trainer.device} x{trainer.world_size}",
+                    "wall_time_s": round(trainer.elapsed_s, 1),
+                }
+            ),
+        )
+        RepTok(config, ema.encoder, ema.decoder, ema.image_space).save_pretrained(out)
+        trainer.print(f"saved {out}")
+    trainer.accelerator.wait_for_everyone()
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        sys.exit(f"error: {err}")
