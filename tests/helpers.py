@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from reptok.decoder import DECODER_PRESETS
@@ -9,6 +13,7 @@ from reptok.encoder import ENCODER_PRESETS
 from reptok.generator import MIXER_PRESETS, TEXT_PRESETS
 from reptok.pipeline import RepTokConfig, SamplingConfig
 from reptok.text import TextEncoderConfig
+from train.prepare_emoji import write_npz
 
 # A diffusers AutoencoderKL small enough for CPU tests: 3 -> 4 channels, 2× downsampling.
 TINY_VAE_CONFIG = {
@@ -40,3 +45,48 @@ def randomize_(module: torch.nn.Module, seed: int = 0) -> None:
     with torch.no_grad():
         for p in module.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
+
+
+# ------------------------------------------------ tiny emoji-format data sets of coloured shapes
+
+CATEGORIES = ["Animals & Nature", "Food & Drink", "Objects"]
+COLOURS = [(220, 40, 40), (40, 160, 60), (50, 80, 220)]
+
+
+def shape_image(kind: int, colour: tuple[int, int, int], rng: np.random.Generator) -> np.ndarray:
+    """A 64×64 white image with a coloured disc, square or triangle at a random place and size."""
+    yy, xx = np.mgrid[0:64, 0:64]
+    cy, cx, r = rng.integers(22, 42), rng.integers(22, 42), rng.integers(10, 20)
+    if kind == 0:
+        inside = (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+    elif kind == 1:
+        inside = (abs(yy - cy) < r) & (abs(xx - cx) < r)
+    else:
+        inside = (yy > cy - r) & (yy < cy + r) & (abs(xx - cx) < (yy - cy + r) / 2)
+    image = np.full((64, 64, 3), 255, dtype=np.uint8)
+    image[inside] = colour
+    return image
+
+
+def write_shapes_npz(path: Path, images: list[np.ndarray], labels: list[int], splits: list[str]) -> Path:
+    """An .npz in prepare_emoji.py's format; every emoji in two styles that share its caption."""
+    n = len(images)
+    codes = [f"E{i // 2:03d}" for i in range(n)]  # pairs of styles share a code (and split, caption)
+    names = [f"{CATEGORIES[c].split()[0].lower()} thing {i // 2}" for i, c in enumerate(labels)]
+    arrays = {
+        "images": np.stack(images).astype(np.uint8),
+        "style": np.array(["google", "twitter"] * (n // 2), dtype=str),
+        "code": np.array(codes, dtype=str),
+        "category": np.array([CATEGORIES[c] for c in labels], dtype=str),
+        "subcategory": np.array([f"sub-{c}-{i % 4 // 2}" for i, c in enumerate(labels)], dtype=str),
+        "name": np.array(names, dtype=str),
+        "caption": np.array(names, dtype=str),
+        "split": np.array(splits, dtype=str),
+        "category_names": np.array(sorted(CATEGORIES), dtype=str),
+        "subcategory_names": np.array(
+            sorted({f"sub-{c}-{j}" for c in range(3) for j in range(2)}), dtype=str
+        ),
+        "meta": np.array(json.dumps({"source": "synthetic test data"})),
+    }
+    write_npz(arrays, path)
+    return path

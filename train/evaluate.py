@@ -1,0 +1,163 @@
+"""Evaluate a RepTok model on the held-out split and write metrics.json next to its weights.
+
+    python train/evaluate.py --model runs/tok/model --data data/emoji64.npz --features runs/backbones/dino
+
+Measured on the first --n held-out images (held-out emoji codes are unseen in every style):
+
+    psnr, ssim                 reconstruction from one token (torchmetrics, [0, 1] images)
+    cos_to_frozen              mean cos(z, z_frozen): how far λ let the token move
+    rFD_<space>                Fréchet distance, reconstructions vs originals
+    gFD_<space>                Fréchet distance, class samples (same label mix) vs the originals
+    class_probe_acc_<space>    a k-NN probe on the train split names the class asked for
+    text_gFD_<space>, text_retrieval_top1/top5_<space>
+                               text samples from held-out captions; retrieval: the sample's nearest
+                               held-out image (in the same features) is the captioned emoji
+
+<space> names the fixed feature extractor: an in-house backbone's normalised [cls] output
+("dino-3f2a9c1e" = method + content hash). These Fréchet distances are NOT FID: FID means
+Inception-v3 features, which cannot be had offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from reptok.encoder import Encoder, EncoderConfig
+from reptok.metrics import FeatureSpace, psnr, ssim
+from reptok.pipeline import RepTok
+from train.data import EmojiDataset
+from train.pretrain_backbone import knn_classify, load_backbone
+
+
+def feature_space(backbone_dir: str | Path) -> FeatureSpace:
+    """The normalised [cls] output of a frozen in-house backbone, named by method and content."""
+    backbone_dir = Path(backbone_dir)
+    backbone, config = load_backbone(backbone_dir)
+    encoder = Encoder(EncoderConfig.from_dict(config["encoder"]).replace(cosine_weight=float("inf")))
+    encoder.backbone.load_state_dict(backbone.state_dict(), strict=True)
+    encoder.reset_frozen_token()
+    encoder.eval()
+    digest = hashlib.sha256((backbone_dir / "backbone.safetensors").read_bytes()).hexdigest()[:8]
+    name = f"{config.get('method', 'backbone')}-{digest}"
+    return FeatureSpace(name, lambda images: F.normalize(encoder(images).z[:, 0].float(), dim=-1))
+
+
+def _images(dataset: EmojiDataset, indices: Sequence[int]) -> Tensor:
+    return torch.stack([dataset[i]["image"] for i in indices])  # (N, 3, H, W) in [-1, 1]
+
+
+def _chunks(n: int, size: int) -> list[range]:
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+@torch.inference_mode()
+def evaluate(
+    model: RepTok,
+    data: str | Path,
+    space: FeatureSpace,
+    *,
+    n: int = 500,
+    label: str = "category",
+    steps: int | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> dict[str, Any]:
+    heldout = EmojiDataset(data, split="heldout", label=label, image_size=model.image_size)
+    train = EmojiDataset(data, split="train", label=label, image_size=model.image_size)
+    idx = list(range(min(n, len(heldout))))
+    real = _images(heldout, idx)  # (n, 3, S, S)
+    real_feats = space.features(real)
+    metrics: dict[str, Any] = {"n": len(idx), "feature_space": space.name, "decode_steps": steps}
+    metrics["decode_steps"] = steps or model.config.sampling.decode_steps
+
+    recon, cos = [], []
+    for chunk in tqdm(_chunks(len(idx), batch_size), desc="reconstruct"):
+        batch = real[chunk.start : chunk.stop]
+        recon.append(model.reconstruct(batch, steps=steps, seed=seed + chunk.start, output_type="pt").cpu())
+        cos.append(model.cosine_to_frozen(batch).cpu())
+    recon_t = torch.cat(recon)
+    metrics["psnr"] = float(psnr(recon_t, real).mean())
+    metrics["ssim"] = float(ssim(recon_t, real).mean())
+    metrics["cos_to_frozen"] = float(torch.cat(cos).mean())
+    metrics[space.key("rFD")] = space.distance(recon_t, real)
+
+    if model.class_generator is not None and model.config.class_names == heldout.class_names:
+        labels = [int(heldout[i]["label"]) for i in idx]  # the held-out label mix
+        samples = torch.cat([
+            model.sample(labels=labels[c.start : c.stop], seed=seed + c.start, decode_steps=steps, output_type="pt").cpu()
+            for c in tqdm(_chunks(len(idx), batch_size), desc="class samples")
+        ])  # fmt: skip
+        metrics[space.key("gFD")] = space.distance(samples, real)
+        bank = torch.from_numpy(space.features(_images(train, range(len(train)))))  # (N, F), unit norm
+        bank_labels = torch.tensor([int(train[i]["label"]) for i in range(len(train))])
+        preds = knn_classify(
+            bank, bank_labels, torch.from_numpy(space.features(samples)), 20, 0.07, len(train.class_names)
+        )
+        metrics[space.key("class_probe_acc")] = float((preds == torch.tensor(labels)).float().mean())
+    elif model.class_generator is not None:
+        metrics["class_generator"] = f"skipped: its classes are not the data set's {label} labels"
+
+    if model.text_generator is not None:
+        prompts = [str(heldout[i]["caption"]) for i in idx]
+        codes = [str(heldout[i]["code"]) for i in idx]
+        samples = torch.cat([
+            model.sample(prompts=prompts[c.start : c.stop], seed=seed + c.start, decode_steps=steps, output_type="pt").cpu()
+            for c in tqdm(_chunks(len(idx), batch_size), desc="text samples")
+        ])  # fmt: skip
+        metrics[space.key("text_gFD")] = space.distance(samples, real)
+        sims = torch.from_numpy(space.features(samples)) @ torch.from_numpy(real_feats).T  # (n, n)
+        top5 = sims.topk(min(5, len(idx)), dim=1).indices  # (n, 5) nearest held-out images
+        hit = torch.tensor([[codes[j] == codes[i] for j in row] for i, row in enumerate(top5.tolist())])
+        metrics[space.key("text_retrieval_top1")] = float(hit[:, 0].float().mean())
+        metrics[space.key("text_retrieval_top5")] = float(hit.any(1).float().mean())
+    return metrics
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a RepTok model folder (config.json + safetensors)")
+    p.add_argument("--data", required=True, help="the .npz written by train/prepare_emoji.py")
+    p.add_argument(
+        "--features", required=True, help="in-house backbone folder whose [cls] features the FDs use"
+    )
+    p.add_argument("--n", type=int, default=500, help="held-out images to evaluate on (default 500)")
+    p.add_argument("--label", choices=["category", "subcategory"], default="category")
+    p.add_argument("--steps", type=int, help="decoder steps (default: the model's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", help="where to write the JSON (default: <model>/metrics.json)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    model = RepTok.from_pretrained(args.model)
+    metrics = evaluate(
+        model, args.data, feature_space(args.features),
+        n=args.n, label=args.label, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+    )  # fmt: skip
+    metrics |= {"model": str(args.model), "data": str(args.data), "seed": args.seed}
+    metrics["wall_time_s"] = round(time.perf_counter() - start, 1)
+    out = Path(args.out) if args.out else Path(args.model) / "metrics.json"
+    out.write_text(json.dumps(metrics, indent=2) + "\n")
+    print(json.dumps(metrics, indent=2))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
