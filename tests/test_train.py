@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
 from reptok.encoder import ENCODER_PRESETS, create_backbone  # noqa: E402
 from reptok.pipeline import RepTok  # noqa: E402
 from train import train_generator, train_tokenizer  # noqa: E402
-from train.common import resumable_batches, step_generator  # noqa: E402
+from train.common import TrainConfig, Trainer, resumable_batches, step_generator  # noqa: E402
 
 
 def write_shapes(root: Path, per_class: int = 8, size: int = 32) -> Path:
@@ -220,3 +220,27 @@ def test_help(script: str) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "--preset" in result.stdout and "--resume" in result.stdout and "--steps" in result.stdout
+
+
+def test_clip_groups_clip_each_group_on_its_own(tmp_path: Path) -> None:
+    model = torch.nn.ModuleDict({"big": torch.nn.Linear(4, 4), "small": torch.nn.Linear(4, 4)})
+    big, small = list(model["big"].parameters()), list(model["small"].parameters())
+    cfg = TrainConfig(steps=1, batch_size=2, lr=1e-3, grad_clip=1.0, ema_decay=0.0)
+    with pytest.raises(ValueError, match="partition"):
+        Trainer(cfg, tmp_path / "bad", model, big + small, {}, clip_groups=[big])
+    trainer = Trainer(cfg, tmp_path / "ok", model, big + small, {}, clip_groups=[big, small])
+    grads: dict[str, float] = {}
+
+    def loss_fn(m: torch.nn.Module, batch: dict, gen: torch.Generator) -> tuple[torch.Tensor, dict]:
+        x = batch["x"]
+        loss = 1e4 * m["big"](x).sum() + 1e-3 * m["small"](x).sum()  # gradients 10^7 apart
+        return loss, {}
+
+    def spy(*_: object) -> None:  # after clipping, before the optimizer step
+        grads["big"] = float(torch.stack([p.grad.norm() for p in big]).norm())
+        grads["small"] = float(torch.stack([p.grad.norm() for p in small]).norm())
+
+    trainer.optimizer.register_step_pre_hook(lambda *a: spy())
+    trainer.fit(iter([{"x": torch.ones(2, 4)}]), loss_fn)
+    assert grads["big"] == pytest.approx(1.0, rel=1e-4)  # clipped to grad_clip
+    assert 0 < grads["small"] < 1e-2  # untouched: a global clip would have scaled it by ~1e-7

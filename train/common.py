@@ -310,6 +310,7 @@ class Trainer:
         *,
         resume: bool = False,
         compile_modules: Sequence[nn.Module] | None = None,
+        clip_groups: Sequence[Sequence[nn.Parameter]] | None = None,
     ) -> None:
         cfg.validate()
         self.cfg, self.out_dir = cfg, Path(out_dir)
@@ -337,6 +338,11 @@ class Trainer:
         )
         self.model = model.to(self.device)
         self.params = params
+        # Gradients clipped per group: in stage A the [cls] embedding's gradient is 10-300x the
+        # decoder's, and one global norm would let it set the decoder's clipping every step.
+        self.clip_groups = [list(g) for g in clip_groups] if clip_groups else [list(params)]
+        if sorted(id(p) for g in self.clip_groups for p in g) != sorted(id(p) for p in params):
+            raise ValueError("clip_groups must partition params")
         # The EMA shares frozen parameters (memo): a second copy of a big backbone buys nothing.
         memo = {id(p): p for p in self.model.parameters() if id(p) not in trainable}
         self.ema = copy.deepcopy(self.model, memo).eval().requires_grad_(False)
@@ -540,7 +546,8 @@ class Trainer:
             loss.backward()
             if self.world_size > 1:
                 self._all_reduce_grads()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip or math.inf)
+            norms = [torch.nn.utils.clip_grad_norm_(g, cfg.grad_clip or math.inf) for g in self.clip_groups]
+            grad_norm = torch.stack(norms).square().sum().sqrt()  # total norm before clipping
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()

@@ -262,7 +262,11 @@ def main(argv: Sequence[str] | None = None) -> Path:
         "image_space": space_config,
         "time_schedule": args.time_schedule,
     }
-    trainer = Trainer(cfg, args.out, model, params, run_config, resume=args.resume, compile_modules=[decoder])
+    trainer = Trainer(
+        cfg, args.out, model, params, run_config, resume=args.resume, compile_modules=[decoder],
+        clip_groups=[[p for p in params if p is not encoder.backbone.cls_token], [encoder.backbone.cls_token]]
+        if encoder.backbone.cls_token.requires_grad else None,
+    )  # fmt: skip
     trainer.print(
         f"stage A | preset {args.preset} | {len(dataset)} images | backbone {backbone_source} | "
         f"λ = {args.lam} | decoder {sum(p.numel() for p in decoder.parameters()) / 1e6:.1f}M"
