@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from reptok import metrics
+
 # The app's own scratch space (GIFs): under the system temp dir, which Gradio may serve outputs from.
 CACHE_DIR = Path(tempfile.gettempdir()) / "reptok-explorer"
 _MAX_AGE_S = 3600.0
@@ -51,20 +53,11 @@ def error_heatmap(original: Image.Image, reconstruction: Image.Image, scale: int
 
 
 def psnr_ssim(original: Image.Image, reconstruction: Image.Image) -> tuple[float, float]:
-    """PSNR (dB) and SSIM of two same-size RGB images in [0, 1], data_range=1 (torchmetrics)."""
-    from torchmetrics.functional.image import (
-        peak_signal_noise_ratio,
-        structural_similarity_index_measure,
+    """PSNR (dB) and SSIM of two same-size RGB images: the library's metrics, as train/evaluate.py reports them."""
+    a, b = (
+        torch.from_numpy(to_array(im)).permute(2, 0, 1)[None] * 2 - 1 for im in (original, reconstruction)
     )
-
-    a = torch.from_numpy(to_array(original)).permute(2, 0, 1)[None]  # (1, 3, H, W)
-    b = torch.from_numpy(to_array(reconstruction)).permute(2, 0, 1)[None]
-    psnr = float(peak_signal_noise_ratio(b, a, data_range=1.0))
-    # SSIM's 11×11 Gaussian window needs images at least that large; smaller ones get a smaller window.
-    kernel = min(11, a.shape[-1], a.shape[-2])
-    kernel -= 1 - kernel % 2  # odd
-    ssim = float(structural_similarity_index_measure(b, a, data_range=1.0, kernel_size=kernel))
-    return psnr, ssim
+    return float(metrics.psnr(b, a)[0]), float(metrics.ssim(b, a)[0])
 
 
 def token_size_text(token_dim: int, image_size: int) -> str:

@@ -30,10 +30,17 @@ def psnr(images: Tensor, targets: Tensor) -> Tensor:
 
 
 def ssim(images: Tensor, targets: Tensor) -> Tensor:
-    """Per-image SSIM (Gaussian window 11, σ 1.5) of images in [-1, 1] -> (B,)."""
+    """Per-image SSIM (Gaussian window 11, σ 1.5) of images in [-1, 1] -> (B,).
+
+    Images smaller than the window (a 1×1 upload, a 4000×10 strip) get the largest odd window
+    that fits (σ scaled with it), instead of an error.
+    """
+    kernel = min(11, images.shape[-1], images.shape[-2])
+    kernel -= 1 - kernel % 2  # odd
     return structural_similarity_index_measure(
-        _unit(images), _unit(targets), data_range=1.0, reduction="none"
-    )
+        _unit(images), _unit(targets), data_range=1.0, kernel_size=kernel, sigma=1.5 * kernel / 11,
+        reduction="none",
+    )  # fmt: skip
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:

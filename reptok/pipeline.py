@@ -19,6 +19,7 @@ On disk (config.json + fp16 safetensors, loaded with strict key checks):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -274,8 +275,9 @@ class RepTok:
         if space.kind == "vae" and not _is_hub_name(space.vae, self.source):
             self.image_space.vae.save_pretrained(root / "vae")
             space = space.replace(vae="vae", vae_config=None)
-        config = RepTokConfig(**{**self.config.__dict__, "image_space": space})
-        config.backbone_file, config.backbone_sha256 = backbone_file, sha
+        config = dataclasses.replace(
+            self.config, image_space=space, backbone_file=backbone_file, backbone_sha256=sha
+        )
         (root / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         return root
 

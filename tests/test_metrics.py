@@ -48,3 +48,10 @@ def test_feature_space_names_the_metric() -> None:
     assert space.features(x).shape == (10, 3)
     assert space.distance(x, x) == pytest.approx(0.0, abs=1e-6)
     assert space.key("gFD") == "gFD_toy-mean"
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (4, 10), (3, 40)])
+def test_ssim_on_images_smaller_than_its_window(shape: tuple[int, int]) -> None:
+    x = torch.rand(1, 3, *shape) * 2 - 1
+    assert float(ssim(x, x)[0]) == pytest.approx(1.0, abs=1e-4)
+    assert math.isfinite(float(ssim(-x, x)[0]))

@@ -36,20 +36,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from reptok.encoder import Encoder, EncoderConfig
 from reptok.metrics import FeatureSpace, psnr, ssim
 from reptok.pipeline import RepTok
 from train.data import EmojiDataset
-from train.pretrain_backbone import knn_classify, load_backbone
+from train.pretrain_backbone import knn_classify, load_encoder
 
 
 def feature_space(backbone_dir: str | Path) -> FeatureSpace:
     """The normalised [cls] output of a frozen in-house backbone, named by method and content."""
     backbone_dir = Path(backbone_dir)
-    backbone, config = load_backbone(backbone_dir)
-    encoder = Encoder(EncoderConfig.from_dict(config["encoder"]).replace(cosine_weight=float("inf")))
-    encoder.backbone.load_state_dict(backbone.state_dict(), strict=True)
-    encoder.reset_frozen_token()
+    encoder, config = load_encoder(backbone_dir)
     encoder.eval()
     digest = hashlib.sha256((backbone_dir / "backbone.safetensors").read_bytes()).hexdigest()[:8]
     name = f"{config.get('method', 'backbone')}-{digest}"
@@ -81,7 +77,7 @@ def evaluate(
     idx = list(range(min(n, len(heldout))))
     real = _images(heldout, idx)  # (n, 3, S, S)
     real_feats = space.features(real)
-    metrics: dict[str, Any] = {"n": len(idx), "feature_space": space.name, "decode_steps": steps}
+    metrics: dict[str, Any] = {"n": len(idx), "feature_space": space.name}
     metrics["decode_steps"] = steps or model.config.sampling.decode_steps
 
     recon, cos = [], []

@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reptok.encoder import ENCODER_PRESETS, EncoderConfig, create_backbone
+from reptok.encoder import ENCODER_PRESETS, Encoder, EncoderConfig, create_backbone
 from train.common import (
     TrainConfig,
     Trainer,
@@ -714,13 +714,38 @@ def save_backbone(backbone: VisionTransformer, path: Path) -> None:
     tmp.replace(path)
 
 
+def load_encoder(run_dir: str | Path, cosine_weight: float = math.inf) -> tuple[Encoder, dict[str, Any]]:
+    """A pre-training run folder as a RepTok encoder: (Encoder with the run's weights, its config.json).
+
+    The one reader of this folder format (stage A, evaluation and the checks here use it): strict keys,
+    and errors that name the file at fault. The loaded cls embedding becomes the frozen target.
+    """
+    run_dir = Path(run_dir)
+    config_path, weights_path = run_dir / "config.json", run_dir / "backbone.safetensors"
+    for path in (config_path, weights_path):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"backbone folder {run_dir} has no {path.name} (train/pretrain_backbone.py)"
+            )
+    config = json.loads(config_path.read_text())
+    if "encoder" not in config:
+        raise ValueError(f"{config_path} has no 'encoder' entry; is it a pretrain_backbone.py folder?")
+    encoder_config = EncoderConfig.from_dict(config["encoder"]).replace(
+        cosine_weight=cosine_weight, pretrained=False
+    )
+    encoder = Encoder(encoder_config)
+    try:
+        encoder.backbone.load_state_dict(load_file(str(weights_path)), strict=True)
+    except RuntimeError as err:  # missing / unexpected keys or shapes: say which files disagree
+        raise ValueError(f"{weights_path} does not fit the backbone in {config_path}: {err}") from err
+    encoder.reset_frozen_token()
+    return encoder, config
+
+
 def load_backbone(run_dir: str | Path) -> tuple[VisionTransformer, dict[str, Any]]:
     """A pre-trained backbone from a run folder: (ViT in eval mode, its config.json), strict keys."""
-    run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
-    backbone = create_backbone(EncoderConfig.from_dict(config["encoder"]))
-    backbone.load_state_dict(load_file(str(run_dir / "backbone.safetensors")), strict=True)
-    return backbone.eval(), config
+    encoder, config = load_encoder(run_dir)
+    return encoder.backbone.eval(), config
 
 
 def _append_log(path: Path, record: dict[str, Any]) -> None:

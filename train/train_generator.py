@@ -363,12 +363,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             backbone = (args.tokenizer / tokenizer.config.backbone_file).resolve()
             out.mkdir(parents=True, exist_ok=True)
             shared = Path(os.path.relpath(backbone, out.resolve())).as_posix()
-        try:
-            tokenizer.save_pretrained(out, backbone_file=shared)
-        except ValueError as err:  # e.g. a tokenizer stored in fp32: its file differs from our fp16 copy
-            trainer.print(f"note: copying the backbone ({err})")
-            shared = None
-            tokenizer.save_pretrained(out)
+        tokenizer.save_pretrained(out, backbone_file=shared)  # the shared file is checked, in its own dtype
         trainer.print(f"saved {out}" + (f" (backbone: {shared})" if shared else ""))
     trainer.accelerator.wait_for_everyone()
     return out

@@ -30,11 +30,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from reptok.decoder import DECODER_PRESETS, Decoder, DecoderConfig, ImageSpace, ImageSpaceConfig
-from reptok.encoder import ENCODER_PRESETS, Encoder, EncoderConfig
+from reptok.encoder import ENCODER_PRESETS, Encoder
 from reptok.flow import TimeSampling, flow_loss
 from reptok.pipeline import RepTok, RepTokConfig
 from train.common import (
@@ -48,6 +47,7 @@ from train.common import (
     train_config_from_args,
 )
 from train.data import build_dataset
+from train.pretrain_backbone import load_encoder
 
 
 @dataclass
@@ -133,22 +133,7 @@ def build_encoder(backbone: str, encoder_preset: str, lam: float, pretrained: bo
     """Encoder + a description of where its weights came from."""
     folder = Path(backbone)
     if folder.is_dir():
-        config_path, weights_path = folder / "config.json", folder / "backbone.safetensors"
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"backbone folder {folder} has no {path.name} (train/pretrain_backbone.py)"
-                )
-        meta = json.loads(config_path.read_text())
-        if "encoder" not in meta:
-            raise ValueError(f"{config_path} has no 'encoder' entry; is it a pretrain_backbone.py folder?")
-        config = EncoderConfig.from_dict(meta["encoder"]).replace(cosine_weight=lam, pretrained=False)
-        encoder = Encoder(config)
-        try:
-            encoder.backbone.load_state_dict(load_file(weights_path), strict=True)
-        except RuntimeError as err:  # missing / unexpected keys or shapes: say which files disagree
-            raise ValueError(f"{weights_path} does not fit the backbone in {config_path}: {err}") from err
-        encoder.reset_frozen_token()  # the loaded cls embedding is the cosine target
+        encoder, meta = load_encoder(folder, cosine_weight=lam)
         return encoder, f"{folder} ({meta.get('method', 'unknown method')})"
     if ("/" in backbone or "\\" in backbone) and not backbone.startswith(("hf-hub:", "hf_hub:")):
         raise FileNotFoundError(f"backbone folder not found: {backbone}")
