@@ -1,4 +1,4 @@
-"""Command line: python -m reptok {info,reconstruct,sample,interpolate}.
+"""Command line: python -m reptok {info,init,reconstruct,sample,interpolate,convert-official}.
 
 With no --model, the embedded default in assets/models/ is used once it exists.
 """
@@ -77,6 +77,19 @@ def cmd_init(args: argparse.Namespace) -> int:
     )  # fmt: skip
     out = RepTok.from_config(config).save_pretrained(args.out)
     print(f"wrote a randomly initialised model to {out}")
+    return 0
+
+
+def cmd_convert_official(args: argparse.Namespace) -> int:
+    """The authors' reptok-xl-600k-ImageNet.ckpt -> a model folder of this library (no download)."""
+    from reptok.official import convert_official
+
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
+    try:
+        out = convert_official(args.checkpoint, args.out, vae=args.vae, dtype=dtype)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from err
+    print(f"wrote {out}")
     return 0
 
 
@@ -178,6 +191,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", nargs="+", default=["class-0", "class-1", "class-2"], help="class names")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("convert-official", help="convert the official RepTok-XL ImageNet checkpoint")
+    p.add_argument("checkpoint", help="reptok-xl-600k-ImageNet.ckpt (Lightning; read with weights_only)")
+    p.add_argument(
+        "--out", required=True, help="model folder to write, e.g. assets/models/reptok-xl-imagenet256"
+    )
+    p.add_argument(
+        "--vae",
+        choices=["hub", "checkpoint"],
+        default="hub",
+        help="hub: name stabilityai/sd-vae-ft-mse (loaded on first use); checkpoint: save the checkpoint's copy",
+    )
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    p.set_defaults(func=cmd_convert_official)
 
     p = sub.add_parser("reconstruct", parents=[common], help="encode each image to one token and decode it")
     p.add_argument("images", nargs="+", help="input images (PNG, JPEG, WebP, GIF, BMP)")

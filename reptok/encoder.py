@@ -46,6 +46,10 @@ class EncoderConfig(Config):
     # "center": crop non-square inputs to their central square (the official preprocessing);
     # "none": resize the whole image (aspect ratio not kept).
     crop: Literal["center", "none"] = "center"
+    # "antialias": one antialiased bilinear resize. "pool-bilinear": average-pool by the integer
+    # factor side // image_size, then plain bilinear: the official RepTok encoder's resize, which
+    # its checkpoints were trained with.
+    resize: Literal["antialias", "pool-bilinear"] = "antialias"
 
 
 ENCODER_PRESETS: dict[str, EncoderConfig] = {
@@ -143,8 +147,12 @@ class Encoder(nn.Module):
             images = images[..., top : top + side, left : left + side]
         size = self.config.image_size
         if images.shape[-2:] != (size, size):
+            official = self.config.resize == "pool-bilinear"
+            factor = min(images.shape[-2:]) // size
+            if official and factor > 1:
+                images = F.avg_pool2d(images, factor)
             images = F.interpolate(
-                images, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+                images, size=(size, size), mode="bilinear", antialias=not official, align_corners=False
             )
         x = (images.float() + 1.0) / 2.0  # [-1, 1] -> [0, 1]
         return (x - self.mean) / self.std  # (B, 3, S, S)
