@@ -24,6 +24,7 @@ __all__ = ["CSS", "ModelRegistry", "build_demo"]
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLES_DIR = ROOT / "assets" / "examples"
+MANIFOLD_ENV = "REPTOK_MANIFOLD"  # a manifold.npz written by train/export.py, instead of the shipped one
 MANIFOLD_PATH = ROOT / "assets" / "manifold.npz"
 MODEL_CARD = ROOT / "MODEL_CARD.md"
 PROMPT_EXAMPLES = ["red apple", "smiling face with sunglasses", "blue car", "red heart"]
@@ -78,7 +79,8 @@ def _notice(models: ModelRegistry) -> None:
 def _class_names(models: ModelRegistry, label: str | None) -> list[str]:
     if not len(models):
         return []
-    return list(models.entry(label).config.class_names or [])
+    config = models.entry(label).config
+    return [*(config.class_groups or {}), *(config.class_names or [])]  # groups (categories) first
 
 
 def _sampling_controls(models: ModelRegistry) -> list[Any]:
@@ -92,7 +94,9 @@ def _sampling_controls(models: ModelRegistry) -> list[Any]:
         lo_s = gr.Slider(0, 1, value=lo, step=0.05, label="Guidance from t =")
         hi_s = gr.Slider(0, 1, value=hi, step=0.05, label="Guidance until t =")
     with gr.Row():
-        steps = gr.Slider(1, 100, value=sampling.decode_steps if sampling else 25, step=1, label="Steps")
+        steps = gr.Slider(
+            1, 100, value=sampling.decode_steps if sampling else 25, step=1, label="Decoder steps"
+        )
         seed = gr.Number(0, label="Seed", precision=0, minimum=0)
     return [cfg, lo_s, hi_s, steps, seed, n]
 
@@ -123,8 +127,10 @@ A model is a folder with `config.json` and `*.safetensors`, written by
 each may be a model folder or a folder of model folders):
 
 ```bash
-{MODELS_ENV}=runs/my-training/export python app.py
+{MODELS_ENV}=runs/export/models {MANIFOLD_ENV}=runs/export/manifold.npz python app.py
 ```
+
+(`train/export.py --out runs/export` writes both: fp16 weights and the held-out tokens' map.)
 
 Real pre-trained backbones (DINOv2, MAE, CLIP through timm, the SD-VAE through diffusers)
 need the Hugging Face hub once: build the model with a preset such as `dinov2-b14-reg`,
@@ -141,7 +147,7 @@ with (its pictures are noise).
 def build_demo(models: ModelRegistry | None = None, *, manifold_path: Path | None = None) -> gr.Blocks:
     """The whole app. `models`: None discovers them (assets/models, $REPTOK_MODELS_DIR)."""
     models = models if models is not None else ModelRegistry()
-    app = Explorer(models, manifold_path or MANIFOLD_PATH)
+    app = Explorer(models, manifold_path or Path(os.environ.get(MANIFOLD_ENV) or MANIFOLD_PATH))
     examples = _examples()
 
     with gr.Blocks(title="RepTok Explorer") as demo:
@@ -194,10 +200,11 @@ def build_demo(models: ModelRegistry | None = None, *, manifold_path: Path | Non
             _notice(models)
             with gr.Row():
                 with gr.Column():
-                    cls_model = _model_dropdown(models)
                     names = _class_names(models, models.default)
                     cls_name = gr.Dropdown(names, value=names[0] if names else None, label="Class")
-                    cls_controls = _sampling_controls(models)
+                    with gr.Accordion("Settings", open=False):
+                        cls_controls = _sampling_controls(models)
+                    cls_model = _model_dropdown(models)
                     cls_button = gr.Button("Sample", variant="primary")
                 cls_gallery = gr.Gallery(
                     label="Samples", columns=4, height="auto", format="png", elem_classes="pixelated"
@@ -217,8 +224,9 @@ def build_demo(models: ModelRegistry | None = None, *, manifold_path: Path | Non
             with gr.Row():
                 with gr.Column():
                     prompt = gr.Textbox(label="Prompt", placeholder="red apple", max_length=MAX_PROMPT_CHARS)
-                    txt_model = _model_dropdown(models)
-                    txt_controls = _sampling_controls(models)
+                    with gr.Accordion("Settings", open=False):
+                        txt_model = _model_dropdown(models)
+                        txt_controls = _sampling_controls(models)
                     txt_button = gr.Button("Sample", variant="primary")
                 txt_gallery = gr.Gallery(
                     label="Samples", columns=4, height="auto", format="png", elem_classes="pixelated"
@@ -237,14 +245,20 @@ def build_demo(models: ModelRegistry | None = None, *, manifold_path: Path | Non
             with gr.Row():
                 image_a, image_b = _image_input("Image A"), _image_input("Image B")
                 with gr.Column():
-                    int_model = _model_dropdown(models)
-                    int_frames = gr.Slider(2, MAX_IMAGES, value=8, step=1, label="Frames")
-                    int_mode = gr.Radio(["slerp", "lerp"], value="slerp", label="Path")
-                    int_steps = gr.Slider(1, 100, value=_default_steps(models), step=1, label="Sampler steps")
-                    int_seed = gr.Number(
-                        0, label="Seed (one decoder noise for every frame)", precision=0, minimum=0
-                    )
+                    with gr.Accordion("Settings", open=False):
+                        int_model = _model_dropdown(models)
+                        int_frames = gr.Slider(2, MAX_IMAGES, value=8, step=1, label="Frames")
+                        int_mode = gr.Radio(["slerp", "lerp"], value="slerp", label="Path")
+                        int_steps = gr.Slider(
+                            1, 100, value=_default_steps(models), step=1, label="Sampler steps"
+                        )
+                        int_seed = gr.Number(
+                            0, label="Seed (one decoder noise for every frame)", precision=0, minimum=0
+                        )
                     int_button = gr.Button("Interpolate", variant="primary")
+            if len(examples) >= 2:
+                pairs = [[a, b] for a, b in zip(examples[0::2], examples[1::2], strict=False)][:8]
+                gr.Examples(pairs, inputs=[image_a, image_b], label="Example pairs")
             strip = gr.Gallery(
                 label="A → B", columns=8, height="auto", format="png", elem_classes="pixelated"
             )
@@ -269,6 +283,8 @@ def build_demo(models: ModelRegistry | None = None, *, manifold_path: Path | Non
             with gr.Row():
                 lam = gr.Radio(settings, value=settings[0] if settings else None, label="Cosine weight λ")
                 man_image = _image_input("Place an image on the map (optional)")
+            if examples:
+                gr.Examples(examples, inputs=[man_image], label="Examples")
             plot = gr.Plot(label="Held-out tokens in 2-D (UMAP, cosine)")
             man_note = gr.Markdown()
             gr.on(
@@ -284,8 +300,11 @@ def build_demo(models: ModelRegistry | None = None, *, manifold_path: Path | Non
             with gr.Row():
                 bb_image = _image_input("Image")
                 with gr.Column():
-                    bb_steps = gr.Slider(1, 100, value=_default_steps(models), step=1, label="Sampler steps")
-                    bb_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
+                    with gr.Accordion("Settings", open=False):
+                        bb_steps = gr.Slider(
+                            1, 100, value=_default_steps(models), step=1, label="Sampler steps"
+                        )
+                        bb_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
                     bb_button = gr.Button("Compare", variant="primary")
             bb_gallery = gr.Gallery(
                 label="Every loaded tokenizer",
@@ -295,6 +314,8 @@ def build_demo(models: ModelRegistry | None = None, *, manifold_path: Path | Non
                 elem_classes="pixelated",
             )
             bb_neighbours = gr.Markdown()
+            if examples:
+                gr.Examples(examples, inputs=[bb_image], label="Examples")
             bb_button.click(
                 app.compare_backbones,
                 [bb_image, bb_steps, bb_seed],

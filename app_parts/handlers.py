@@ -101,12 +101,12 @@ class Explorer:
         picture = _open(image)
         model = self.model(model_label)
         original = model.to_pil(model.preprocess(picture))[0]  # exactly what the encoder sees
-        z = model.encode(picture)  # (1, 1, D)
+        z, cos = model.encode_with_cosine(picture)  # (1, 1, D), (1,)
         recon = model.decode(
             z, steps=_steps(steps), seed=imaging.seed_value(seed), progress=_progress_fn(progress, "decoding")
         )[0]
         psnr, ssim = imaging.psnr_ssim(original, recon)
-        cosine = float(model.cosine_to_frozen(picture)[0])
+        cosine = float(cos[0])
         summary = (
             f"**PSNR** {psnr:.2f} dB · **SSIM** {ssim:.3f} · **cos(z, z_frozen)** {cosine:.3f}\n\n"
             f"{imaging.token_size_text(model.token_dim, model.image_size)}"
@@ -151,13 +151,13 @@ class Explorer:
         model = self.model(model_label)
         count = imaging.clamp_int(n, "number of images", 1, MAX_IMAGES)
         key, value = next(iter(condition.items()))
-        steps_ = _steps(steps)
         return model.sample(
             **{key: [value] * count},
             cfg_scale=imaging.clamp_float(cfg, "CFG scale", 0.0, 10.0),
             cfg_interval=imaging.interval(lo, hi),
-            steps=steps_,
-            decode_steps=steps_,
+            # The slider sets the decoder's steps; the generator (one token: cheap) keeps the
+            # model's own setting, the one its metrics.json was measured with.
+            decode_steps=_steps(steps),
             seed=imaging.seed_value(seed),
             progress=_progress_fn(progress, "decoding"),
         )
@@ -306,7 +306,7 @@ class Explorer:
             recon = model.decode(z, steps=_steps(steps), seed=imaging.seed_value(seed))[0]
             psnr, ssim = imaging.psnr_ssim(original, recon)
             gallery.append((recon, f"{entry.backbone} · λ={entry.lam} · {psnr:.1f} dB / {ssim:.3f}"))
-            tokens = m.settings.get(entry.lam, {}).get("tokens") if m is not None else None
+            tokens = m.model_tokens.get(entry.key) if m is not None else None
             if tokens is None or tokens.shape[1] != model.token_dim:
                 lines.append(
                     f"- **{entry.key}**: no precomputed tokens for this tokenizer, so no neighbours."

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -85,6 +85,9 @@ class Manifold:
     names: list[str]  # one per point, e.g. the emoji name
     categories: list[str]  # one per point, for colour
     settings: dict[str, dict[str, np.ndarray]]  # λ label -> {"xy": (N, 2), "tokens": (N, D)}
+    # The same points in each shipped model's own latent space (model name -> (N, D)), for
+    # nearest neighbours per backbone; λ settings alone cannot tell two backbones apart.
+    model_tokens: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def save_manifold(
@@ -93,8 +96,10 @@ def save_manifold(
     names: list[str],
     categories: list[str],
     settings: dict[str, dict[str, np.ndarray]],
+    model_tokens: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Write a Manifold as a compressed .npz of plain arrays (tokens stored as float16)."""
+    model_tokens = model_tokens or {}
     n = len(names)
     if len(categories) != n:
         raise ValueError(f"{len(categories)} categories for {n} names")
@@ -103,6 +108,7 @@ def save_manifold(
         "names": np.array(names, dtype=np.str_),
         "categories": np.array(categories, dtype=np.str_),
         "settings": np.array(list(settings), dtype=np.str_),
+        "models": np.array(list(model_tokens), dtype=np.str_),
     }
     for label, entry in settings.items():
         if not _KEY.match(label):
@@ -114,6 +120,10 @@ def save_manifold(
             )
         arrays[f"xy/{label}"] = xy.astype(np.float32)
         arrays[f"tokens/{label}"] = tokens.astype(np.float16)
+    for index, (name, tokens) in enumerate(model_tokens.items()):
+        if np.ndim(tokens) != 2 or len(tokens) != n:
+            raise ValueError(f"model {name!r}: need tokens (N, D) with N={n}, got {np.shape(tokens)}")
+        arrays[f"model_tokens/{index}"] = np.asarray(tokens).astype(np.float16)  # names may not be keys
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("wb") as f:  # a file object, so numpy does not append a second ".npz"
@@ -133,4 +143,6 @@ def load_manifold(path: str | os.PathLike[str]) -> Manifold:
             str(label): {"xy": data[f"xy/{label}"], "tokens": data[f"tokens/{label}"]}
             for label in data["settings"]
         }
-    return Manifold(names=names, categories=categories, settings=settings)
+        models = [str(s) for s in data["models"]] if "models" in data.files else []
+        model_tokens = {name: data[f"model_tokens/{i}"] for i, name in enumerate(models)}
+    return Manifold(names=names, categories=categories, settings=settings, model_tokens=model_tokens)

@@ -69,6 +69,9 @@ class RepTokConfig:
     text_generator: TextGeneratorConfig | None = None
     text_encoder: TextEncoderConfig | None = None
     class_names: list[str] | None = None  # names of the class generator's labels, in id order
+    # Coarser labels as unions of classes, e.g. emoji category -> its subcategories: sampling a
+    # group draws one member class per sample, so one generator serves both levels.
+    class_groups: dict[str, list[str]] | None = None
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     backbone_file: str = "backbone.safetensors"  # relative to the model folder
     backbone_sha256: str | None = None  # of the stored backbone; checked on load
@@ -91,6 +94,7 @@ class RepTokConfig:
             out[name] = None if part is None else part.to_dict()
         out |= {
             "class_names": self.class_names,
+            "class_groups": self.class_groups,
             "backbone_file": self.backbone_file,
             "backbone_sha256": self.backbone_sha256,
             "info": self.info,
@@ -113,7 +117,7 @@ class RepTokConfig:
                 kwargs[name] = part_cls.from_dict(data.pop(name))
             else:
                 data.pop(name, None)
-        unknown = set(data) - {"class_names", "backbone_file", "backbone_sha256", "info"}
+        unknown = set(data) - {"class_names", "class_groups", "backbone_file", "backbone_sha256", "info"}
         if unknown:
             raise ValueError(f"unknown keys in config.json: {sorted(unknown)}")
         return cls(**kwargs, **data)
@@ -241,6 +245,12 @@ class RepTok:
         if self.text_generator is not None:
             files["text_generator"] = self.text_generator.state_dict()
         return files
+
+    def backbone_sha256(self, dtype: torch.dtype = torch.float16) -> str:
+        """The content hash of the backbone as `save_pretrained(dtype=...)` stores it (and checks it
+        on load): equal hashes mean one stored file can serve both models."""
+        state = self._weight_files()["backbone"]
+        return _state_sha256({k: _storage(k, v, dtype) for k, v in state.items()})
 
     def save_pretrained(
         self, path: str | os.PathLike, *, dtype: torch.dtype = torch.float16, backbone_file: str | None = None
@@ -393,8 +403,15 @@ class RepTok:
     @torch.inference_mode()
     def cosine_to_frozen(self, images: ImageInput) -> Tensor:
         """cos(z, z_frozen) per image (B,): how far the adapted token moved from the SSL one."""
+        return self.encode_with_cosine(images)[1]
+
+    @torch.inference_mode()
+    def encode_with_cosine(self, images: ImageInput) -> tuple[Tensor, Tensor]:
+        """`encode` and `cosine_to_frozen` from one preprocessing and one batched ViT pass."""
         out = self.encoder(self.preprocess(images), return_frozen=True)
-        return torch.nn.functional.cosine_similarity(out.z, out.z_frozen, dim=-1)[:, 0]
+        return out.z, torch.nn.functional.cosine_similarity(out.z, out.z_frozen, dim=-1)[
+            :, 0
+        ]  # (B,1,D), (B,)
 
     @torch.inference_mode()
     def decode(
@@ -458,17 +475,24 @@ class RepTok:
             raise ValueError(f"mode must be 'slerp' or 'lerp', got {mode!r}")
         return out[:, None, :]  # (N, 1, D)
 
-    def class_id(self, label: int | str) -> int:
-        """A class name or id -> id, with a clear error for unknown ones."""
+    def class_id(self, label: int | str, *, generator: torch.Generator | None = None) -> int:
+        """A class name, group name or id -> id, with a clear error for unknown ones. A group
+        (config.class_groups) gives one of its member classes, drawn with `generator`."""
         gen = self.class_generator
         if gen is None:
             raise ValueError("this model has no class generator")
         names = self.config.class_names or []
         if isinstance(label, str) and not label.strip().lstrip("-").isdigit():
             lowered = {n.lower(): i for i, n in enumerate(names)}
-            if label.strip().lower() not in lowered:
-                raise ValueError(f"unknown class {label!r}; known: {', '.join(names) or '(none named)'}")
-            return lowered[label.strip().lower()]
+            groups = {g.lower(): members for g, members in (self.config.class_groups or {}).items()}
+            key = label.strip().lower()
+            if key in lowered:
+                return lowered[key]
+            if key in groups:
+                pick = int(torch.randint(len(groups[key]), (1,), generator=generator))
+                return self.class_id(groups[key][pick])
+            known = [*(self.config.class_groups or {}), *names]
+            raise ValueError(f"unknown class {label!r}; known: {', '.join(known) or '(none named)'}")
         idx = int(label)
         if not 0 <= idx < gen.config.num_classes:
             raise ValueError(f"class id {idx} out of range 0..{gen.config.num_classes - 1}")
@@ -497,14 +521,19 @@ class RepTok:
             gen = self.class_generator
             if gen is None:
                 raise ValueError("this model has no class generator")
-            y = torch.tensor([self.class_id(label) for label in labels], device=self.device)
+            draw = torch.Generator().manual_seed(seed)  # which member class a group label becomes
+            y = torch.tensor([self.class_id(label, generator=draw) for label in labels], device=self.device)
             null = torch.full_like(y, gen.null_class)
             cond_fn, uncond_fn = (lambda x, t: gen(x, t, y)), (lambda x, t: gen(x, t, null))
         else:
             gen = self.text_generator
             if gen is None:
                 raise ValueError("this model has no text generator")
-            text, mask = self.text_encoder(list(prompts))
+            # Each distinct prompt is encoded once (the app asks for 16 samples of one prompt).
+            unique = list(dict.fromkeys(str(p) for p in prompts))
+            text, mask = self.text_encoder(unique)  # (U, L, Dt), (U, L)
+            where = torch.tensor([unique.index(str(p)) for p in prompts], device=text.device)
+            text, mask = text[where], mask[where]  # (B, L, Dt), (B, L)
             drop = torch.ones(len(prompts), dtype=torch.bool, device=self.device)
             cond_fn = lambda x, t: gen(x, t, text, mask)  # noqa: E731
             uncond_fn = lambda x, t: gen(x, t, text, mask, uncond=drop)  # noqa: E731

@@ -101,9 +101,10 @@ def manifold_path(model_dir: Path, files: dict[str, Path], tmp_path_factory: pyt
     names = [f"emoji {i}" for i in range(12)]
     cats = [CLASS_NAMES[i % 3] for i in range(12)]
     path = tmp_path_factory.mktemp("manifold") / "manifold.npz"
-    return save_manifold(
-        path, names=names, categories=cats, settings={"1": {"xy": fit_2d(tokens), "tokens": tokens}}
-    )
+    key = ModelRegistry([model_dir]).default
+    assert key is not None
+    settings = {"1": {"xy": fit_2d(tokens), "tokens": tokens}}
+    return save_manifold(path, names=names, categories=cats, settings=settings, model_tokens={key: tokens})
 
 
 @pytest.fixture(scope="module")
@@ -273,10 +274,13 @@ def test_manifold_roundtrip(tmp_path: Path) -> None:
     path = save_manifold(
         tmp_path / "m.npz", names=list("abcdefghij"), categories=["x"] * 10,
         settings={"0": {"xy": xy, "tokens": tokens}, "inf": {"xy": xy, "tokens": tokens}},
+        model_tokens={"emoji · dino/λ=1": tokens[:, :4]},
     )  # fmt: skip
     m = load_manifold(path)
     assert list(m.settings) == ["0", "inf"] and m.names[2] == "c"
     assert m.settings["inf"]["tokens"].dtype == np.float16
+    assert list(m.model_tokens) == ["emoji · dino/λ=1"]
+    assert np.allclose(m.model_tokens["emoji · dino/λ=1"], tokens[:, :4], atol=1e-2)
     with pytest.raises(ValueError, match="label"):
         save_manifold(tmp_path / "bad.npz", names=["a"], categories=["x"], settings={"../x": {}})
 

@@ -180,6 +180,8 @@ def test_emoji_dataset_from_npz(package_dirs: dict[str, Path], tmp_path: Path) -
 
     sub = EmojiDataset(path, split="all", label="subcategory", image_size=32, styles=["twitter"])
     assert len(sub) == 6 and sub.class_names == ["animal-mammal", "face-smiling"]
+    assert sub.class_groups == {"Animals & Nature": ["animal-mammal"], "Smileys & Emotion": ["face-smiling"]}
+    assert train.class_groups is None  # category labels have no coarser level
     assert sub[0]["image"].shape == (3, 32, 32)
     with pytest.raises(ValueError, match="Unknown styles"):
         EmojiDataset(path, styles=["apple"])

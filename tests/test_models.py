@@ -184,8 +184,11 @@ def test_mixer_generator(preset: str) -> None:
     assert v.shape == z.shape and torch.isfinite(v).all()
     assert not torch.allclose(v[:1], gen(z[:1], t[:1], torch.tensor([1])))  # the class matters
     v.square().mean().backward()
-    missing = [n for n, p in gen.named_parameters() if p.grad is None or float(p.grad.abs().sum()) == 0.0]
-    assert missing == []
+    assert [n for n, p in gen.named_parameters() if p.grad is None] == []
+    # A token-mixing fc2 bias shifts each token by a constant across channels, which the next
+    # LayerNorm over channels removes: its true gradient is 0 (float noise, sometimes exactly 0).
+    dead = [n for n, p in gen.named_parameters() if float(p.grad.abs().sum()) == 0.0]
+    assert [n for n in dead if not n.endswith("token_mix.fc2.bias")] == []
 
 
 @pytest.mark.parametrize("preset", ["test", "text-s"])

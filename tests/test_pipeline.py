@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from reptok.pipeline import RepTok
+from reptok.pipeline import RepTok, RepTokConfig
 from tests.helpers import CLASS_NAMES, TINY_VAE_CONFIG, randomize_, tiny_config
 
 
@@ -161,6 +162,26 @@ def test_sample_by_class_name_or_id_and_errors(tiny_model: RepTok) -> None:
         tiny_model.sample(labels=[99])
     with pytest.raises(ValueError, match="exactly one"):
         tiny_model.sample(labels=[0], prompts=["x"])
+
+
+def test_class_groups_draw_member_classes_by_seed(tiny_model: RepTok) -> None:
+    groups = {"Edible": [CLASS_NAMES[1]], "Any": list(CLASS_NAMES)}
+    model = RepTok(
+        dataclasses.replace(tiny_model.config, class_groups=groups),
+        tiny_model.encoder, tiny_model.decoder, tiny_model.image_space, tiny_model.class_generator,
+    )  # fmt: skip
+    # A one-member group is that class, with the same noise.
+    assert torch.equal(
+        model.sample_tokens(labels=["edible"], seed=3), model.sample_tokens(labels=[1], seed=3)
+    )
+    ids = {model.class_id("Any", generator=torch.Generator().manual_seed(s)) for s in range(40)}
+    assert ids == set(range(len(CLASS_NAMES)))  # every member is reachable
+    again = model.sample_tokens(labels=["Any"] * 6, seed=5)
+    assert torch.equal(again, model.sample_tokens(labels=["Any"] * 6, seed=5))  # the seed fixes the draw
+    roundtrip = RepTokConfig.from_dict(json.loads(json.dumps(model.config.to_dict())))
+    assert roundtrip.class_groups == groups
+    with pytest.raises(ValueError, match="known: Edible, Any"):
+        model.class_id("Dinosaurs")
 
 
 def test_cfg_scale_one_matches_the_conditional_model(tiny_model: RepTok) -> None:

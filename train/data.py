@@ -125,6 +125,14 @@ class EmojiDataset(Dataset):
         class_index = {name: i for i, name in enumerate(self.class_names)}
         values = data.category if label == "category" else data.subcategory
         self.labels: list[int] = [class_index[v] for v in values[self.rows].tolist()]
+        # Subcategory labels: each category as the union of its subcategories (whole file, so
+        # every split agrees), for RepTokConfig.class_groups; None for category labels.
+        self.class_groups: dict[str, list[str]] | None = None
+        if label == "subcategory":
+            pairs = set(zip(data.category.tolist(), data.subcategory.tolist(), strict=True))
+            self.class_groups = {
+                c: sorted(sub for cat, sub in pairs if cat == c) for c in data.category_names
+            }
         self.captions: list[str] = data.caption[self.rows].tolist()
         self.names: list[str] = data.name[self.rows].tolist()
         self.codes: list[str] = data.code[self.rows].tolist()

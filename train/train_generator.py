@@ -353,6 +353,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             tokenizer.class_generator = generator
             tokenizer.config.class_generator = gen_config
             tokenizer.config.class_names = class_names
+            tokenizer.config.class_groups = getattr(dataset, "class_groups", None)
         else:
             tokenizer.text_generator = generator
             tokenizer.config.text_generator = gen_config

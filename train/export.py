@@ -1,0 +1,191 @@
+"""Export trained RepTok models into the app's assets: fp16 weights, shared backbones, manifold.
+
+    python train/export.py --model reptok-emoji=runs/emoji/B-text/model \\
+        --model reptok-emoji-lam0=runs/emoji/A-lam0/model --manifold-only runs/emoji/A-lam10/model \\
+        --data data/emoji64.npz --out assets
+
+writes
+
+    assets/models/<name>/config.json + tokenizer/generator safetensors (fp16; [cls] embeddings fp32)
+    assets/models/<name>/backbone.safetensors   only in the first model with that backbone; every
+                                                later one references it ("../<first>/backbone...")
+    assets/models/<name>/metrics.json           copied from the run folder, if evaluate.py wrote one
+    assets/manifold.npz                         held-out tokens + 2-D UMAP per λ of the main backbone
+
+The first --model is the main one: the manifold's λ settings are the models (and --manifold-only
+runs) that share its backbone, plus λ = inf from its frozen [cls] embedding when no run has it.
+Every exported model's own held-out tokens go into the file too, for the Backbones tab.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from reptok.manifold import fit_2d, save_manifold
+from reptok.pipeline import RepTok
+from train.data import build_dataset
+
+LAMBDA_INF = "inf"
+
+
+@dataclass
+class Exported:
+    name: str
+    source: Path
+    model: RepTok
+    backbone_sha256: str
+    lam: str  # λ label, as the app's manifold selector shows it
+
+
+def lambda_label(weight: float) -> str:
+    return LAMBDA_INF if math.isinf(weight) else f"{weight:g}"
+
+
+def _named(spec: str) -> tuple[str, Path]:
+    """'name=folder' -> (name, folder); a bare folder is named after itself."""
+    name, sep, folder = spec.partition("=")
+    if not sep:
+        name, folder = Path(spec).name, spec
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise argparse.ArgumentTypeError(f"bad model name {name!r}: a plain folder name is needed")
+    return name, Path(folder)
+
+
+def export_model(name: str, source: Path, models_dir: Path, backbones: dict[str, Path]) -> Exported:
+    """Write one model in fp16 into models_dir/name; reference an already-written equal backbone."""
+    model = RepTok.from_pretrained(source)
+    out = models_dir / name
+    if out.exists():
+        shutil.rmtree(out)  # a re-export replaces the folder whole, so no stale file survives
+    model.config.info = {**model.config.info, "name": name}
+    sha256 = model.backbone_sha256(torch.float16)  # what save_pretrained stores and checks
+    if sha256 in backbones:
+        reference = Path("..") / backbones[sha256].relative_to(models_dir)
+        model.save_pretrained(out, backbone_file=reference.as_posix())
+    else:
+        model.save_pretrained(out)
+        backbones[sha256] = out / "backbone.safetensors"
+    if (source / "metrics.json").is_file():
+        shutil.copy2(source / "metrics.json", out / "metrics.json")
+    return Exported(name, source, model, sha256, lambda_label(model.config.encoder.cosine_weight))
+
+
+@torch.inference_mode()
+def encode_all(model: RepTok, images: torch.Tensor, batch_size: int, *, frozen: bool = False) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] -> (N, D) tokens; `frozen`: the original [cls] embedding's tokens."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        if frozen:
+            z = model.encoder(model.preprocess(batch), return_frozen=True).z_frozen  # (B, 1, D)
+        else:
+            z = model.encode(batch)  # (B, 1, D)
+        out.append(z.reshape(len(batch), -1).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.token_dim), np.float32)
+
+
+def build_manifold(
+    main: Exported,
+    exported: Sequence[Exported],
+    extra: Sequence[RepTok],
+    data: str | Path,
+    out: Path,
+    *,
+    split: str,
+    max_points: int,
+    batch_size: int,
+    seed: int,
+) -> Path:
+    dataset = build_dataset(data, split=split, image_size=main.model.image_size)  # type: ignore[arg-type]
+    picks = np.random.default_rng(seed).permutation(len(dataset))[:max_points]
+    picks.sort()
+    items = [dataset[int(i)] for i in picks]
+    images = torch.stack([item["image"] for item in items])  # (N, 3, H, W)
+    names = [str(item["name"]) for item in items]
+    class_names = list(getattr(dataset, "class_names", []))
+    categories = [class_names[int(item["label"])] if class_names else "" for item in items]
+
+    model_tokens = {e.name: encode_all(e.model, images, batch_size) for e in tqdm(exported, desc="tokens")}
+    # λ settings: runs on the main backbone (a λ once), then the frozen token if no run is λ = inf.
+    by_lambda: dict[str, np.ndarray] = {}
+    for e in exported:
+        if e.backbone_sha256 == main.backbone_sha256 and e.lam not in by_lambda:
+            by_lambda[e.lam] = model_tokens[e.name]
+    for model in extra:
+        lam = lambda_label(model.config.encoder.cosine_weight)
+        if lam not in by_lambda:
+            by_lambda[lam] = encode_all(model, images, batch_size)
+    if LAMBDA_INF not in by_lambda:
+        by_lambda[LAMBDA_INF] = encode_all(main.model, images, batch_size, frozen=True)
+    order = sorted(by_lambda, key=lambda lam: float(lam))  # "inf" parses as float('inf')
+    settings = {
+        lam: {"xy": fit_2d(by_lambda[lam], seed=seed), "tokens": by_lambda[lam]}
+        for lam in tqdm(order, desc="UMAP")
+    }
+    return save_manifold(
+        out, names=names, categories=categories, settings=settings, model_tokens=model_tokens
+    )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--model", dest="models", action="append", type=_named, required=True, metavar="NAME=FOLDER",
+        help="a trained model folder to ship, as NAME=FOLDER (repeat; the first is the main model)",
+    )  # fmt: skip
+    p.add_argument(
+        "--manifold-only", action="append", type=Path, default=[], metavar="FOLDER",
+        help="a stage A run on the main backbone whose tokens join the λ manifold, not shipped as a model",
+    )  # fmt: skip
+    p.add_argument("--data", required=True, help="the data the manifold's points come from (.npz or folder)")
+    p.add_argument("--out", type=Path, default=Path("assets"), help="assets folder (default assets)")
+    p.add_argument(
+        "--split", choices=["heldout", "train", "all"], default="heldout", help="manifold points (heldout)"
+    )
+    p.add_argument("--max-points", type=int, default=4000, help="at most this many manifold points")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0, help="point subset and UMAP seed")
+    p.add_argument("--no-manifold", action="store_true", help="export the weights only")
+    args = p.parse_args(argv)
+    names = [name for name, _ in args.models]
+    if len(set(names)) != len(names):
+        p.error(f"model names must be unique, got {names}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> list[Path]:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    models_dir = args.out / "models"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    backbones: dict[str, Path] = {}
+    exported = [export_model(name, folder, models_dir, backbones) for name, folder in args.models]
+    for e in exported:
+        print(f"{e.name}: λ = {e.lam}, backbone {e.backbone_sha256[:8]} <- {e.source}")
+    if not args.no_manifold:
+        extra = [RepTok.from_pretrained(folder) for folder in args.manifold_only]
+        path = build_manifold(
+            exported[0], exported, extra, args.data, args.out / "manifold.npz",
+            split=args.split, max_points=args.max_points, batch_size=args.batch_size, seed=args.seed,
+        )  # fmt: skip
+        print(f"manifold: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    total = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
+    print(f"{args.out}: {total / 2**20:.1f} MiB in all, {time.perf_counter() - start:.0f} s")
+    return [models_dir / e.name for e in exported]
+
+
+if __name__ == "__main__":
+    main()
