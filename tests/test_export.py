@@ -49,7 +49,7 @@ def test_export_ships_fp16_models_sharing_one_backbone_and_a_manifold(chain: dic
     out = chain["root"] / "assets"
     export.main([
         "--model", f"emoji={chain['main']}", "--model", f"emoji-lam0={chain['zero']}",
-        "--data", str(chain["data"]), "--out", str(out), "--split", "all", "--max-points", "20",
+        "--data", str(chain["data"]), "--out", str(out), "--split", "all", "--max-points", "20", "--decode-steps", "3",
     ])  # fmt: skip
     main, zero = out / "models" / "emoji", out / "models" / "emoji-lam0"
     # The backbone is stored once: the λ = 0 model references the main model's file.
@@ -62,6 +62,7 @@ def test_export_ships_fp16_models_sharing_one_backbone_and_a_manifold(chain: dic
 
     source, shipped = RepTok.from_pretrained(chain["main"]), RepTok.from_pretrained(main)
     assert shipped.config.info["name"] == "emoji" and shipped.class_generator is not None
+    assert shipped.config.sampling.decode_steps == 3 and source.config.sampling.decode_steps != 3
     image = Image.fromarray(shape_image(1, COLOURS[1], np.random.default_rng(0)))
     recon = shipped.reconstruct([image], steps=2, output_type="pt")
     assert recon.shape == (1, 3, 32, 32)

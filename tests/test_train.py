@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
 from reptok.encoder import ENCODER_PRESETS, create_backbone  # noqa: E402
 from reptok.pipeline import RepTok  # noqa: E402
 from train import train_generator, train_tokenizer  # noqa: E402
-from train.common import TrainConfig, Trainer, resumable_batches, step_generator  # noqa: E402
+from train.common import TrainConfig, Trainer, config_differences, resumable_batches, step_generator  # noqa: E402
 
 
 def write_shapes(root: Path, per_class: int = 8, size: int = 32) -> Path:
@@ -244,3 +244,13 @@ def test_clip_groups_clip_each_group_on_its_own(tmp_path: Path) -> None:
     trainer.fit(iter([{"x": torch.ones(2, 4)}]), loss_fn)
     assert grads["big"] == pytest.approx(1.0, rel=1e-4)  # clipped to grad_clip
     assert 0 < grads["small"] < 1e-2  # untouched: a global clip would have scaled it by ~1e-7
+
+
+def test_resume_config_check_allows_fields_added_since_but_not_changes() -> None:
+    saved = {"lr": 1e-3, "encoder": {"depth": 2, "gone": 1}}
+    current = {"lr": 1e-3, "encoder": {"depth": 3, "resize": "antialias"}}  # "resize": a new field
+    assert config_differences(saved, current) == [
+        "encoder.depth: checkpoint 2, now 3",
+        "encoder.gone: checkpoint 1, now '(absent)'",
+    ]
+    assert config_differences(saved, saved | {"new": True}) == []

@@ -279,13 +279,18 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """'key: checkpoint X, now Y' for every run-config entry that may not change on resume."""
+    """'key: checkpoint X, now Y' for every run-config entry that may not change on resume.
+
+    A key the checkpoint lacks is a config field added to the code since the run started; like
+    `Config.from_dict` reading an older config.json, its default is taken to keep the old
+    behaviour, so it does not block the resume. A key the code no longer has does.
+    """
     a, b = _flatten(saved), _flatten(current)
     missing = "(absent)"
     return [
-        f"{k}: checkpoint {a.get(k, missing)!r}, now {b.get(k, missing)!r}"
-        for k in sorted(set(a) | set(b))
-        if k not in RESUMABLE_CHANGES and a.get(k, missing) != b.get(k, missing)
+        f"{k}: checkpoint {a[k]!r}, now {b.get(k, missing)!r}"
+        for k in sorted(a)
+        if k not in RESUMABLE_CHANGES and a[k] != b.get(k, missing)
     ]
 
 

@@ -27,6 +27,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -64,9 +65,13 @@ def _named(spec: str) -> tuple[str, Path]:
     return name, Path(folder)
 
 
-def export_model(name: str, source: Path, models_dir: Path, backbones: dict[str, Path]) -> Exported:
-    """Write one model in fp16 into models_dir/name; reference an already-written equal backbone."""
+def export_model(
+    name: str, source: Path, models_dir: Path, backbones: dict[str, Path], sampling: dict[str, Any]
+) -> Exported:
+    """Write one model in fp16 into models_dir/name; reference an already-written equal backbone.
+    `sampling`: SamplingConfig fields to ship as the model's defaults (e.g. fewer decoder steps)."""
     model = RepTok.from_pretrained(source)
+    model.config.sampling = model.config.sampling.replace(**sampling)
     out = models_dir / name
     if out.exists():
         shutil.rmtree(out)  # a re-export replaces the folder whole, so no stale file survives
@@ -159,6 +164,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="point subset and UMAP seed")
     p.add_argument("--no-manifold", action="store_true", help="export the weights only")
+    p.add_argument("--decode-steps", type=int, help="default decoder steps shipped in each config")
+    p.add_argument("--decode-sampler", choices=["euler", "heun"], help="default decoder sampler shipped")
     args = p.parse_args(argv)
     names = [name for name, _ in args.models]
     if len(set(names)) != len(names):
@@ -172,7 +179,12 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     models_dir = args.out / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
     backbones: dict[str, Path] = {}
-    exported = [export_model(name, folder, models_dir, backbones) for name, folder in args.models]
+    sampling = {
+        key: value
+        for key, value in {"decode_steps": args.decode_steps, "decode_sampler": args.decode_sampler}.items()
+        if value is not None
+    }
+    exported = [export_model(name, folder, models_dir, backbones, sampling) for name, folder in args.models]
     for e in exported:
         print(f"{e.name}: λ = {e.lam}, backbone {e.backbone_sha256[:8]} <- {e.source}")
     if not args.no_manifold:

@@ -68,13 +68,20 @@ PRESETS: dict[str, TokenizerPreset] = {
         train=TrainConfig(steps=4, batch_size=4, lr=1e-3, log_every=1, ckpt_every=2),
         image_size=32,
     ),
-    # 2 CPU cores, ~25 min: ViT-S/8 encoder, 8×8-patch decoder (65 tokens instead of the 257 of
-    # s4-64px, which runs ~10x slower on a CPU); ~1.7 s/step measured on the 2-core dev machine.
+    # 2 CPU cores: 8×8-patch decoder (65 tokens instead of the 257 of s4-64px, which runs ~10x
+    # slower on a CPU). With the narrow in-house vit-t8-d6 backbone: 1.4-1.9 s/step, 75 min in all
+    # on the 2-core dev machine (the interim shipped model); blurry, colour-right reconstructions.
     "cpu-s": TokenizerPreset(
         encoder="vit-s8-64px",
         decoder=DECODER_PRESETS["s4-64px"].replace(patch_size=8),
         train=TrainConfig(
-            steps=900, batch_size=16, lr=3e-4, warmup_steps=100, log_every=25, ckpt_every=100, ema_decay=0.999
+            steps=2400,
+            batch_size=32,
+            lr=4e-4,
+            warmup_steps=100,
+            log_every=50,
+            ckpt_every=200,
+            ema_decay=0.999,
         ),
     ),
     # One H100, ~8 min (estimated, not yet measured): the b4-64px decoder, bf16, batch 256.
