@@ -525,6 +525,8 @@ class RepTok:
             y = torch.tensor([self.class_id(label, generator=draw) for label in labels], device=self.device)
             null = torch.full_like(y, gen.null_class)
             cond_fn, uncond_fn = (lambda x, t: gen(x, t, y)), (lambda x, t: gen(x, t, null))
+            both = torch.cat([y, null])  # (2B,)
+            joint_fn = lambda x, t: gen(x.repeat(2, 1, 1), t.repeat(2), both).chunk(2)  # noqa: E731
         else:
             gen = self.text_generator
             if gen is None:
@@ -537,9 +539,15 @@ class RepTok:
             drop = torch.ones(len(prompts), dtype=torch.bool, device=self.device)
             cond_fn = lambda x, t: gen(x, t, text, mask)  # noqa: E731
             uncond_fn = lambda x, t: gen(x, t, text, mask, uncond=drop)  # noqa: E731
+            text2, mask2 = text.repeat(2, 1, 1), mask.repeat(2, 1)  # (2B, L, Dt), (2B, L)
+            drop2 = torch.cat([~drop, drop])  # first half conditional, second half null text
+
+            def joint_fn(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+                return gen(x.repeat(2, 1, 1), t.repeat(2), text2, mask2, uncond=drop2).chunk(2)
+
         b = len(labels if labels is not None else prompts)
         noise = seeded_noise((b, 1, self.token_dim), seed, device=self.device)
-        velocity = guided(cond_fn, uncond_fn, cfg_scale=scale, interval=interval)
+        velocity = guided(cond_fn, uncond_fn, cfg_scale=scale, interval=interval, joint_fn=joint_fn)
         z = integrate(
             velocity,
             noise,

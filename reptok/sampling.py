@@ -64,13 +64,16 @@ def guided(
     *,
     cfg_scale: float = 1.0,
     interval: tuple[float, float] = (0.0, 1.0),
+    joint_fn: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]] | None = None,
 ) -> VelocityFn:
     """Classifier-free guidance v_u + s·(v_c − v_u), applied only for t in `interval`.
 
     Guidance only inside an interval (Kynkäänniemi et al. 2024; the paper uses [0.3, 0.9]
     in this t = 0-is-noise convention) keeps the diversity of the early steps and the
     detail of the last ones. Outside it, and whenever s = 1, the conditional velocity
-    alone is used, so s = 1 is exactly the conditional model.
+    alone is used, so s = 1 is exactly the conditional model. `joint_fn(x, t)` -> (v_cond,
+    v_uncond) from one batched call, if given, replaces the two calls inside the interval (one
+    forward of 2B rows beats two of B on a CPU, where small models are overhead-bound).
     """
     lo, hi = interval
     if cfg_scale == 1.0 or uncond_fn is None:
@@ -78,10 +81,9 @@ def guided(
 
     def velocity(x: Tensor, t: Tensor) -> Tensor:
         t_now = float(t.reshape(-1)[0])  # one time for the whole batch while sampling
-        v_cond = cond_fn(x, t)
         if not lo <= t_now <= hi:
-            return v_cond
-        v_uncond = uncond_fn(x, t)
+            return cond_fn(x, t)
+        v_cond, v_uncond = joint_fn(x, t) if joint_fn is not None else (cond_fn(x, t), uncond_fn(x, t))
         return v_uncond + cfg_scale * (v_cond - v_uncond)
 
     return velocity

@@ -88,6 +88,24 @@ def test_guidance_scale_one_is_the_conditional_model() -> None:
     assert torch.equal(g(x, torch.full((2,), 0.95)), cond(x, t))
 
 
+def test_guidance_joint_call_is_used_inside_the_interval_only() -> None:
+    cond = lambda x, t: x + 1  # noqa: E731
+    uncond = lambda x, t: x - 1  # noqa: E731
+    calls: list[int] = []
+
+    def joint(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(len(x))
+        return cond(x, t), uncond(x, t)
+
+    x = torch.randn(2, 3)
+    two = sampling.guided(cond, uncond, cfg_scale=3.0, interval=(0.3, 0.9))
+    one = sampling.guided(cond, uncond, cfg_scale=3.0, interval=(0.3, 0.9), joint_fn=joint)
+    for t in (0.1, 0.5, 0.95):
+        tt = torch.full((2,), t)
+        assert torch.equal(one(x, tt), two(x, tt))
+    assert calls == [2]  # only at t = 0.5
+
+
 def test_seeded_noise_is_per_sample_and_reproducible() -> None:
     a = sampling.seeded_noise((4, 3, 2), 7)
     b = sampling.seeded_noise((16, 3, 2), 7)
