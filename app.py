@@ -66,8 +66,10 @@ def _model_dropdown(models: ModelRegistry) -> gr.Dropdown:
     )
 
 
-def _default_steps(models: ModelRegistry) -> int:
-    return models.entry(None).config.sampling.decode_steps if len(models) else 25
+def _decoder_steps(models: ModelRegistry) -> gr.Slider:
+    """The decoder's flow steps, starting at the default model's setting."""
+    steps = models.entry(None).config.sampling.decode_steps if len(models) else 25
+    return gr.Slider(1, 100, value=steps, step=1, label="Decoder steps")
 
 
 def _notice(models: ModelRegistry) -> None:
@@ -94,9 +96,7 @@ def _sampling_controls(models: ModelRegistry) -> list[Any]:
         lo_s = gr.Slider(0, 1, value=lo, step=0.05, label="Guidance from t =")
         hi_s = gr.Slider(0, 1, value=hi, step=0.05, label="Guidance until t =")
     with gr.Row():
-        steps = gr.Slider(
-            1, 100, value=sampling.decode_steps if sampling else 25, step=1, label="Decoder steps"
-        )
+        steps = _decoder_steps(models)
         seed = gr.Number(0, label="Seed", precision=0, minimum=0)
     return [cfg, lo_s, hi_s, steps, seed, n]
 
@@ -163,9 +163,7 @@ def build_demo(models: ModelRegistry | None = None, *, manifold_path: Path | Non
                 with gr.Column():
                     with gr.Accordion("Settings", open=False):
                         rec_model = _model_dropdown(models)
-                        rec_steps = gr.Slider(
-                            1, 100, value=_default_steps(models), step=1, label="Sampler steps"
-                        )
+                        rec_steps = _decoder_steps(models)
                         rec_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
                     rec_button = gr.Button("Reconstruct", variant="primary")
             with gr.Row(elem_classes="pixel-out"):
@@ -249,9 +247,7 @@ def build_demo(models: ModelRegistry | None = None, *, manifold_path: Path | Non
                         int_model = _model_dropdown(models)
                         int_frames = gr.Slider(2, MAX_IMAGES, value=8, step=1, label="Frames")
                         int_mode = gr.Radio(["slerp", "lerp"], value="slerp", label="Path")
-                        int_steps = gr.Slider(
-                            1, 100, value=_default_steps(models), step=1, label="Sampler steps"
-                        )
+                        int_steps = _decoder_steps(models)
                         int_seed = gr.Number(
                             0, label="Seed (one decoder noise for every frame)", precision=0, minimum=0
                         )
@@ -301,9 +297,7 @@ def build_demo(models: ModelRegistry | None = None, *, manifold_path: Path | Non
                 bb_image = _image_input("Image")
                 with gr.Column():
                     with gr.Accordion("Settings", open=False):
-                        bb_steps = gr.Slider(
-                            1, 100, value=_default_steps(models), step=1, label="Sampler steps"
-                        )
+                        bb_steps = _decoder_steps(models)
                         bb_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
                     bb_button = gr.Button("Compare", variant="primary")
             bb_gallery = gr.Gallery(

@@ -10,16 +10,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reptok.manifold import lambda_label
 from reptok.pipeline import RepTok, RepTokConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSET_MODELS = ROOT / "assets" / "models"
 MODELS_ENV = "REPTOK_MODELS_DIR"
-
-
-def lambda_label(weight: float) -> str:
-    """λ as the manifold file keys it: "0", "0.1", "1", "inf"."""
-    return "inf" if math.isinf(weight) else f"{weight:g}"
 
 
 @dataclass

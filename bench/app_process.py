@@ -21,12 +21,9 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+from app import MANIFOLD_ENV
 from app_parts.registry import MODELS_ENV, ModelRegistry
 from bench.common import ROOT
-
-# app.py reads its manifold cache from here (else assets/manifold.npz); spelled out rather than
-# imported so that measuring an app that predates the variable still works (it is then ignored).
-MANIFOLD_ENV = "REPTOK_MANIFOLD"
 
 
 @dataclass

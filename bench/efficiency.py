@@ -56,7 +56,14 @@ from reptok.decoder import DECODER_PRESETS
 from reptok.generator import MixerGenerator
 from reptok.metrics import FeatureSpace, frechet_distance
 from reptok.pipeline import RepTok
-from train.common import TrainConfig, Trainer, seed_everything, step_generator, to_plain
+from train.common import (
+    TrainConfig,
+    Trainer,
+    add_time_schedule_arg,
+    seed_everything,
+    step_generator,
+    to_plain,
+)
 from train.data import EmojiDataset
 from train.evaluate import _chunks, feature_space
 from train.train_generator import PRESETS, class_loss, encode_dataset
@@ -288,7 +295,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="as the training scripts: auto is bf16 autocast on a GPU that has it, fp32 on CPU")  # fmt: skip
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA of the weights (what is evaluated)")
     p.add_argument("--class-dropout", type=float, default=0.1, help="null-class fraction for CFG, both sides")
-    p.add_argument("--time-schedule", choices=["logit_normal", "uniform"], default="logit_normal")
+    add_time_schedule_arg(p, "logit_normal")
     p.add_argument("--mixer-preset", choices=sorted(PRESETS), default="cpu-s", help="train_generator preset")
     p.add_argument("--mixer-width", type=int, help="override the preset's mixer width")
     p.add_argument("--mixer-depth", type=int, help="override the preset's mixer depth")

@@ -32,10 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from torch import Tensor
 
-from app import EXAMPLES_DIR, MANIFOLD_PATH, PROMPT_EXAMPLES, _class_names
+from app import EXAMPLES_DIR, MANIFOLD_ENV, MANIFOLD_PATH, PROMPT_EXAMPLES, _class_names
 from app_parts.handlers import Explorer
 from app_parts.registry import ModelRegistry
-from bench.app_process import MANIFOLD_ENV, AppProbe, measure_app
+from bench.app_process import AppProbe, measure_app
 from bench.common import (
     BENCH_DIR,
     DEFAULT_MODEL,
@@ -62,7 +62,7 @@ N_SAMPLES, N_FRAMES = 16, 8
 
 @dataclass(frozen=True)
 class Setting:
-    steps: int  # the app's "Sampler steps" slider: decoder steps (and, in the sampling tabs, generator steps)
+    steps: int  # the app's "Decoder steps" slider (the generator keeps the model's own steps)
     sampler: Sampler  # the decoder's integrator (the app has no control for it: the model's default)
 
     @property

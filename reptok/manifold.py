@@ -11,6 +11,7 @@ loaded with `allow_pickle=False`.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -22,6 +23,11 @@ import numpy as np
 MIN_UMAP_POINTS = 15  # UMAP's spectral init needs more points than neighbours; below this, PCA
 FORMAT_VERSION = 1
 _KEY = re.compile(r"^[A-Za-z0-9_.+-]+$")  # λ labels become array names inside the .npz
+
+
+def lambda_label(weight: float) -> str:
+    """λ as a manifold file keys it: "0", "0.1", "1", "inf"."""
+    return "inf" if math.isinf(weight) else f"{weight:g}"
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

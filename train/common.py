@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -54,6 +54,8 @@ from accelerate import Accelerator
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
+
+from reptok.flow import TimeSampling
 
 Precision = Literal["auto", "fp32", "bf16"]
 LossFn = Callable[[nn.Module, dict[str, Any], torch.Generator], tuple[Tensor, dict[str, float | Tensor]]]
@@ -101,6 +103,31 @@ def select_preset(argv: Sequence[str], presets: Mapping[str, Any], default: str)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", choices=sorted(presets), default=default)
     return pre.parse_known_args(list(argv))[0].preset
+
+
+def stage_parser(
+    argv: Sequence[str], presets: Mapping[str, Any], default: str, *, prog: str, doc: str | None
+) -> tuple[argparse.ArgumentParser, str]:
+    """A stage script's parser with its --preset and --data, and the preset named in argv (read
+    first, so the other flags can take that preset's values as their defaults)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--preset", choices=sorted(presets), default=default,
+        help=f"named configuration (default {default}); the defaults below are this preset's",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data", default="data/emoji64.npz", help="emoji .npz or a folder root/<class>/<image>"
+    )
+    return parser, select_preset(argv, presets, default)
+
+
+def add_time_schedule_arg(parser: argparse.ArgumentParser, default: TimeSampling) -> None:
+    parser.add_argument(
+        "--time-schedule", choices=list(get_args(TimeSampling)), default=default,
+        help=f"training time distribution ({default})",
+    )  # fmt: skip
 
 
 def add_train_args(

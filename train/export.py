@@ -35,11 +35,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from reptok.manifold import fit_2d, save_manifold
+from reptok.manifold import fit_2d, lambda_label, save_manifold
 from reptok.pipeline import RepTok
 from train.data import build_dataset
 
-LAMBDA_INF = "inf"
+LAMBDA_INF = lambda_label(math.inf)
 
 
 @dataclass
@@ -49,10 +49,6 @@ class Exported:
     model: RepTok
     backbone_sha256: str
     lam: str  # λ label, as the app's manifold selector shows it
-
-
-def lambda_label(weight: float) -> str:
-    return LAMBDA_INF if math.isinf(weight) else f"{weight:g}"
 
 
 def _named(spec: str) -> tuple[str, Path]:

@@ -51,9 +51,10 @@ from train.common import (
     LossFn,
     TrainConfig,
     Trainer,
+    add_time_schedule_arg,
     add_train_args,
     seed_everything,
-    select_preset,
+    stage_parser,
     to_plain,
     train_config_from_args,
 )
@@ -217,20 +218,11 @@ def text_loss(schedule: TimeSampling, hidden: Tensor, mask: Tensor) -> LossFn:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    preset = PRESETS[select_preset(argv, PRESETS, "cpu-s")]
-    parser = argparse.ArgumentParser(
-        prog="train_generator.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="cpu-s",
-        help="named configuration (default cpu-s); the defaults below are this preset's",
-    )  # fmt: skip
+    parser, name = stage_parser(argv, PRESETS, "cpu-s", prog="train_generator.py", doc=__doc__)
+    preset = PRESETS[name]
     parser.add_argument("--tokenizer", type=Path, required=True, help="a saved RepTok model folder (stage A)")
     parser.add_argument(
         "--cond", choices=["class", "text"], default="class", help="what the generator follows"
-    )
-    parser.add_argument(
-        "--data", default="data/emoji64.npz", help="emoji .npz or a folder root/<class>/<image>"
     )
     parser.add_argument(
         "--label",
@@ -255,10 +247,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         action="store_true",
         help="copy the backbone into OUT/model instead of referencing it",
     )
-    parser.add_argument(
-        "--time-schedule", choices=["logit_normal", "uniform"], default=preset.time_schedule,
-        help=f"training time distribution ({preset.time_schedule})",
-    )  # fmt: skip
+    add_time_schedule_arg(parser, preset.time_schedule)
     add_train_args(parser, preset.train, out_default=None)
     return parser.parse_args(list(argv))
 

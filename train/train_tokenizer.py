@@ -40,9 +40,10 @@ from train.common import (
     LossFn,
     TrainConfig,
     Trainer,
+    add_time_schedule_arg,
     add_train_args,
     seed_everything,
-    select_preset,
+    stage_parser,
     to_plain,
     train_config_from_args,
 )
@@ -178,17 +179,8 @@ def build_image_space(space: str, vae: str | None) -> tuple[ImageSpace, ImageSpa
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    preset = PRESETS[select_preset(argv, PRESETS, "cpu-s")]
-    parser = argparse.ArgumentParser(
-        prog="train_tokenizer.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--preset", choices=sorted(PRESETS), default="cpu-s",
-        help="named configuration (default cpu-s); the defaults below are this preset's",
-    )  # fmt: skip
-    parser.add_argument(
-        "--data", default="data/emoji64.npz", help="emoji .npz or a folder root/<class>/<image>"
-    )
+    parser, name = stage_parser(argv, PRESETS, "cpu-s", prog="train_tokenizer.py", doc=__doc__)
+    preset = PRESETS[name]
     parser.add_argument(
         "--backbone", default=None,
         help="timm model name, or an in-house backbone folder (default: the --encoder preset's model)",
@@ -212,10 +204,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--image-size", type=int, default=preset.image_size, help=f"training image side ({preset.image_size})"
     )
-    parser.add_argument(
-        "--time-schedule", choices=["logit_normal", "uniform"], default=preset.time_schedule,
-        help=f"training time distribution ({preset.time_schedule})",
-    )  # fmt: skip
+    add_time_schedule_arg(parser, preset.time_schedule)
     add_train_args(parser, preset.train, out_default=None)
     return parser.parse_args(list(argv))
 
