@@ -32,6 +32,9 @@ PROMPT_EXAMPLES = ["red apple", "smiling face with sunglasses", "blue car", "red
 CSS = """
 .pixelated img, .pixelated canvas { image-rendering: pixelated; }
 .pixel-out img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
+/* Gradio shrinks a gallery's grid to its item count, so one image would fill the whole row. */
+.cols-4 .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important; }
+.cols-8 .grid-container { grid-template-columns: repeat(8, minmax(0, 1fr)) !important; }
 """
 
 
@@ -46,6 +49,17 @@ def _path_only_preprocess(payload: ImageData | None) -> str | None:
     if payload.path is None:  # a data: URL instead of an upload
         raise gr.Error("Please upload the image as a file.")
     return str(payload.path)
+
+
+def _gallery(label: str, columns: int = 4) -> gr.Gallery:
+    """An output grid of pixel images at a fixed number of columns (4 or 8: see CSS)."""
+    return gr.Gallery(
+        label=label,
+        columns=columns,
+        height="auto",
+        format="png",
+        elem_classes=["pixelated", f"cols-{columns}"],
+    )
 
 
 def _image_input(label: str) -> gr.Image:
@@ -108,7 +122,9 @@ def _about(models: ModelRegistry) -> str:
         for e in models.entries.values():
             size = e.config.decoder.input_size
             space = (
-                f"{size}×{size}" if e.config.image_space.kind == "pixels" else f"{size}×{size} latent (VAE)"
+                f"{size}×{size} pixels"
+                if e.config.image_space.kind == "pixel"
+                else f"{size}×{size} latent (VAE)"
             )
             parts.append(
                 f"| {e.key} | `{e.backbone}` | {e.lam} | {e.parameter_count() / 1e6:.2f} M | {space} | `{e.path.name}` |"
@@ -179,10 +195,7 @@ def build_demo(models: ModelRegistry | None = None, *, manifold_path: Path | Non
                 )
                 heat = gr.Image(label="Absolute error", format="png", interactive=False, height=256)
             summary = gr.Markdown()
-            variations = gr.Gallery(
-                label="Variations: the same token, 4 decoder seeds", columns=4, height="auto", format="png",
-                elem_classes="pixelated",
-            )  # fmt: skip
+            variations = _gallery("Variations: the same token, 4 decoder seeds")
             if examples:
                 gr.Examples(examples, inputs=[image], label="Examples")
             rec_inputs = [image, rec_model, rec_steps, rec_seed]
@@ -204,9 +217,7 @@ def build_demo(models: ModelRegistry | None = None, *, manifold_path: Path | Non
                         cls_controls = _sampling_controls(models)
                     cls_model = _model_dropdown(models)
                     cls_button = gr.Button("Sample", variant="primary")
-                cls_gallery = gr.Gallery(
-                    label="Samples", columns=4, height="auto", format="png", elem_classes="pixelated"
-                )
+                cls_gallery = _gallery("Samples")
             cls_model.change(
                 lambda label: gr.Dropdown(choices=_class_names(models, label), value=None),
                 cls_model,
@@ -226,9 +237,7 @@ def build_demo(models: ModelRegistry | None = None, *, manifold_path: Path | Non
                         txt_model = _model_dropdown(models)
                         txt_controls = _sampling_controls(models)
                     txt_button = gr.Button("Sample", variant="primary")
-                txt_gallery = gr.Gallery(
-                    label="Samples", columns=4, height="auto", format="png", elem_classes="pixelated"
-                )
+                txt_gallery = _gallery("Samples")
             gr.Examples([[p] for p in PROMPT_EXAMPLES], inputs=[prompt], label="Prompts")
             gr.on(
                 [txt_button.click, prompt.submit],
@@ -255,9 +264,7 @@ def build_demo(models: ModelRegistry | None = None, *, manifold_path: Path | Non
             if len(examples) >= 2:
                 pairs = [[a, b] for a, b in zip(examples[0::2], examples[1::2], strict=False)][:8]
                 gr.Examples(pairs, inputs=[image_a, image_b], label="Example pairs")
-            strip = gr.Gallery(
-                label="A → B", columns=8, height="auto", format="png", elem_classes="pixelated"
-            )
+            strip = _gallery("A → B", columns=8)
             with gr.Row():
                 with gr.Column():
                     weight = gr.Slider(0, 1, value=0.5, step=0.01, label="Weight (0 = A, 1 = B)")
@@ -300,13 +307,7 @@ def build_demo(models: ModelRegistry | None = None, *, manifold_path: Path | Non
                         bb_steps = _decoder_steps(models)
                         bb_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
                     bb_button = gr.Button("Compare", variant="primary")
-            bb_gallery = gr.Gallery(
-                label="Every loaded tokenizer",
-                columns=4,
-                height="auto",
-                format="png",
-                elem_classes="pixelated",
-            )
+            bb_gallery = _gallery("Every loaded tokenizer")
             bb_neighbours = gr.Markdown()
             if examples:
                 gr.Examples(examples, inputs=[bb_image], label="Examples")

@@ -289,3 +289,10 @@ def test_manifold_roundtrip(tmp_path: Path) -> None:
 def test_fit_2d_umap() -> None:
     tokens = np.random.default_rng(0).normal(size=(30, 8)).astype(np.float32)
     assert fit_2d(tokens, seed=0).shape == (30, 2)
+
+
+def test_about_describes_the_loaded_models(model_dir: Path) -> None:
+    from app import _about
+
+    text = _about(ModelRegistry([model_dir]))
+    assert "| tiny |" in text and "32×32 pixels" in text and "VAE" not in text.split("## Your own models")[0]
