@@ -307,14 +307,15 @@ def build_demo(models: ModelRegistry | None = None, *, manifold_path: Path | Non
                         bb_steps = _decoder_steps(models)
                         bb_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
                     bb_button = gr.Button("Compare", variant="primary")
-            bb_gallery = _gallery("Every loaded tokenizer")
+            bb_gallery = _gallery("One tokenizer per backbone, at the default model's λ")
+            bb_lambdas = _gallery("The default model's backbone across λ (∞: frozen token)")
             bb_neighbours = gr.Markdown()
             if examples:
                 gr.Examples(examples, inputs=[bb_image], label="Examples")
             bb_button.click(
                 app.compare_backbones,
                 [bb_image, bb_steps, bb_seed],
-                [bb_gallery, bb_neighbours],
+                [bb_gallery, bb_lambdas, bb_neighbours],
                 api_name="compare_backbones",
             )
 

@@ -291,30 +291,36 @@ class Explorer:
         steps: float,
         seed: float,
         progress: gr.Progress = gr.Progress(track_tqdm=False),  # noqa: B008
-    ) -> tuple[Gallery, str]:
+    ) -> tuple[Gallery, Gallery, str]:
+        """The image through one tokenizer per backbone, and through the λ sweep of the default's
+        backbone; each tokenizer's nearest held-out emoji in its own latent space."""
         picture = _open(image)
         if not len(self.models):
             raise gr.Error(NO_MODEL_MESSAGE)
         m = self.manifold()
-        gallery: Gallery = []
+        backbones, lambdas = self.models.backbone_row(), self.models.lambda_row()
+        keys = list(dict.fromkeys(e.key for e in [*backbones, *lambdas]))  # the default is in both
+        done: dict[str, tuple[Image.Image, str]] = {}
         lines: list[str] = []
-        for i, entry in enumerate(self.models.entries.values()):
-            progress((i, len(self.models)), desc=f"{entry.key}")
-            model = self.models.get(entry.key)
+        for i, key in enumerate(keys):
+            progress((i, len(keys)), desc=key)
+            entry, model = self.models.entry(key), self.models.get(key)
             original = model.to_pil(model.preprocess(picture))[0]
             z = model.encode(picture)
             recon = model.decode(z, steps=_steps(steps), seed=imaging.seed_value(seed))[0]
             psnr, ssim = imaging.psnr_ssim(original, recon)
-            gallery.append((recon, f"{entry.backbone} · λ={entry.lam} · {psnr:.1f} dB / {ssim:.3f}"))
-            tokens = m.model_tokens.get(entry.key) if m is not None else None
+            done[key] = (recon, f"{psnr:.1f} dB / {ssim:.3f}")
+            tokens = m.model_tokens.get(key) if m is not None else None
             if tokens is None or tokens.shape[1] != model.token_dim:
-                lines.append(
-                    f"- **{entry.key}**: no precomputed tokens for this tokenizer, so no neighbours."
-                )
+                lines.append(f"- **{key}**: no precomputed tokens for this tokenizer, so no neighbours.")
             else:
                 idx = nearest(z.reshape(-1).float().cpu().numpy(), tokens.astype(np.float32), 5)
-                lines.append(f"- **{entry.key}**: {', '.join(m.names[j] for j in idx)}")
-        return gallery, "**Nearest neighbours in each latent space**\n\n" + "\n".join(lines)
+                lines.append(
+                    f"- **{key}** ({entry.backbone}, λ={entry.lam}): {', '.join(m.names[j] for j in idx)}"
+                )
+        by_backbone = [(done[e.key][0], f"{e.backbone} · {done[e.key][1]}") for e in backbones]
+        by_lambda = [(done[e.key][0], f"λ={e.lam} · {done[e.key][1]}") for e in lambdas]
+        return by_backbone, by_lambda, "**Nearest neighbours in each latent space**\n\n" + "\n".join(lines)
 
 
 def _scatter(m: Manifold, xy: np.ndarray, spot: np.ndarray | None) -> Any:

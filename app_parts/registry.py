@@ -16,6 +16,7 @@ from reptok.pipeline import RepTok, RepTokConfig
 ROOT = Path(__file__).resolve().parents[1]
 ASSET_MODELS = ROOT / "assets" / "models"
 MODELS_ENV = "REPTOK_MODELS_DIR"
+METHOD_ORDER = {"random": 0, "clip": 1, "mae": 2, "dino": 3}  # the paper's backbone table order
 
 
 @dataclass
@@ -43,6 +44,15 @@ class ModelEntry:
     @property
     def display(self) -> str:
         return f"{self.key} · {self.backbone} · λ={self.lam}"
+
+    @property
+    def method(self) -> str:
+        """The backbone's pre-training method (dino/mae/clip/random), or its description when unknown."""
+        return str(self.config.info.get("backbone_method") or self.backbone)
+
+    @property
+    def is_main(self) -> bool:
+        return bool(self.config.info.get("main"))
 
     def parameter_count(self) -> int:
         """From the safetensors headers, so the About tab needs no model loaded."""
@@ -97,6 +107,8 @@ class ModelRegistry:
             if key in self.entries:  # two folders with the same name in their config: keep both
                 key = f"{key} ({path.name})"
             self.entries[key] = ModelEntry(key=key, path=path, config=config)
+        # The main model (train/export.py marks the first it exports) leads: it is the default.
+        self.entries = dict(sorted(self.entries.items(), key=lambda kv: not kv[1].is_main))
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -126,6 +138,30 @@ class ModelRegistry:
             if entry.model is None:
                 entry.model = RepTok.from_pretrained(entry.path)
             return entry.model
+
+    def backbone_row(self) -> list[ModelEntry]:
+        """One tokenizer per backbone at the default model's λ (the default's own for its backbone),
+        in the paper's order: no prior, then CLIP-, MAE-, DINO-style, then anything else."""
+        if not self.entries:
+            return []
+        main = self.entry(None)
+        row: dict[str, ModelEntry] = {main.method: main}
+        for e in self.entries.values():
+            if e.lam == main.lam:
+                row.setdefault(e.method, e)
+        return sorted(row.values(), key=lambda e: (METHOD_ORDER.get(e.method, len(METHOD_ORDER)), e.key))
+
+    def lambda_row(self) -> list[ModelEntry]:
+        """The tokenizers on the default model's backbone, one per λ, by increasing λ."""
+        if not self.entries:
+            return []
+        main = self.entry(None)
+        sha = main.config.backbone_sha256
+        row: dict[str, ModelEntry] = {main.lam: main}
+        for e in self.entries.values():
+            if sha and e.config.backbone_sha256 == sha:
+                row.setdefault(e.lam, e)
+        return sorted(row.values(), key=lambda e: e.cosine_weight)
 
     def by_lambda(self, lam: str) -> str | None:
         """The first model whose λ label is `lam`, if any."""

@@ -65,6 +65,9 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
     # 64 px pixel-space emoji decoders (CPU-friendly: 256 tokens of width 384).
     "s4-64px": DecoderConfig(token_dim=384, input_size=64, patch_size=4, width=384, depth=6, head_dim=64),
     "b4-64px": DecoderConfig(token_dim=384, input_size=64, patch_size=4, width=512, depth=8, head_dim=64),
+    # 2 CPU cores, several runs in one session: 65 tokens of width 256 (5.4 M parameters, 0.6 s per
+    # training step of 32 on one core), small enough to ship one per ablation row.
+    "xs8-64px": DecoderConfig(token_dim=384, input_size=64, patch_size=8, width=256, depth=4, head_dim=64),
     # The official ImageNet-256 decoder: SD-VAE latents 4×32×32, 2×2 patches, DINOv2-B token.
     "reptok-xl-imagenet256": DecoderConfig(
         token_dim=768,

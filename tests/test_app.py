@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import socket
 import struct
 import zlib
@@ -191,10 +192,38 @@ def test_manifold_missing(model_dir: Path, tmp_path: Path) -> None:
 
 
 def test_compare_backbones(client: Client, files: dict[str, Path]) -> None:
-    gallery, neighbours = client.predict(handle_file(files["rgb.png"]), 2, 0, api_name="/compare_backbones")
-    assert len(gallery) == 1
-    assert "λ=1" in gallery[0]["caption"] and "dB" in gallery[0]["caption"]
+    backbones, lambdas, neighbours = client.predict(
+        handle_file(files["rgb.png"]), 2, 0, api_name="/compare_backbones"
+    )
+    assert len(backbones) == len(lambdas) == 1  # one model: it is both rows
+    assert "dB" in backbones[0]["caption"] and lambdas[0]["caption"].startswith("λ=1 · ")
     assert "tiny" in neighbours and "emoji" in neighbours
+
+
+def test_registry_rows_one_tokenizer_per_backbone_and_per_lambda(model_dir: Path, tmp_path: Path) -> None:
+    base = json.loads((model_dir / "config.json").read_text())
+
+    def make(name: str, method: str, lam: str, sha: str, main: bool = False) -> Path:
+        config = json.loads(json.dumps(base))
+        config["info"] = {"name": name, "backbone_method": method, "main": main}
+        config["encoder"]["cosine_weight"] = lam
+        config["backbone_sha256"] = sha
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+        return tmp_path / name
+
+    dirs = [
+        make("a-clip-lam0", "clip", "0", "c"),
+        make("b-dino-lam1", "dino", "1", "d"),
+        make("c-clip-laminf", "clip", "inf", "c"),
+        make("d-random-lam1", "random", "1", "r"),
+        make("main", "clip", "1", "c", main=True),
+        make("z-mae-lam0", "mae", "0", "m"),  # not at the main λ: not in the backbone row
+    ]
+    registry = ModelRegistry(dirs)
+    assert registry.default == "main" and registry.labels[0] == "main"  # the main model leads
+    assert [e.key for e in registry.backbone_row()] == ["d-random-lam1", "main", "b-dino-lam1"]
+    assert [e.key for e in registry.lambda_row()] == ["a-clip-lam0", "main", "c-clip-laminf"]
 
 
 # ------------------------------------------------------------------------------- bad inputs

@@ -5,6 +5,7 @@
 Measured on the first --n held-out images (held-out emoji codes are unseen in every style):
 
     psnr, ssim                 reconstruction from one token (torchmetrics, [0, 1] images)
+    baseline_mean_image_*      the same for the mean training image: what a decoder that ignores z gets
     cos_to_frozen              mean cos(z, z_frozen): how far λ let the token move
     rFD_<space>                Fréchet distance, reconstructions vs originals
     gFD_<space>                Fréchet distance, class samples (same label mix) vs the originals
@@ -90,6 +91,10 @@ def evaluate(
     metrics["ssim"] = float(ssim(recon_t, real).mean())
     metrics["cos_to_frozen"] = float(torch.cat(cos).mean())
     metrics[space.key("rFD")] = space.distance(recon_t, real)
+    # The floor any reconstruction should clear: the mean training image, which knows nothing of z.
+    mean_image = _images(train, range(len(train))).mean(0, keepdim=True).expand_as(real)  # (n, 3, S, S)
+    metrics["baseline_mean_image_psnr"] = float(psnr(mean_image, real).mean())
+    metrics["baseline_mean_image_ssim"] = float(ssim(mean_image, real).mean())
 
     if model.class_generator is not None and model.config.class_names == heldout.class_names:
         labels = [int(heldout[i]["label"]) for i in idx]  # the held-out label mix

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import shutil
 import sys
 import time
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from reptok.manifold import fit_2d, lambda_label, save_manifold
@@ -40,6 +42,18 @@ from reptok.pipeline import RepTok
 from train.data import build_dataset
 
 LAMBDA_INF = lambda_label(math.inf)
+# What the app calls each in-house pre-training method (train/pretrain_backbone.py --method).
+BACKBONE_NAMES = {"dino": "DINO-style", "mae": "MAE-style", "clip": "CLIP-style", "random": "random init"}
+
+
+def backbone_display(info: dict[str, Any], token_dim: int) -> str:
+    """'CLIP-style ViT, 192-d token' from a stage-A info block; the training path is kept apart."""
+    method = info.get("backbone_method")
+    if method is None:  # runs from before backbone_method was recorded: "<folder> (<method>)"
+        match = re.search(r"\((\w+)\)$", str(info.get("backbone", "")))
+        method = match.group(1) if match else None
+    name = BACKBONE_NAMES.get(str(method))
+    return f"{name} ViT, {token_dim}-d token" if name else str(info.get("backbone", "unknown"))
 
 
 @dataclass
@@ -62,16 +76,30 @@ def _named(spec: str) -> tuple[str, Path]:
 
 
 def export_model(
-    name: str, source: Path, models_dir: Path, backbones: dict[str, Path], sampling: dict[str, Any]
+    name: str,
+    source: Path,
+    models_dir: Path,
+    backbones: dict[str, Path],
+    sampling: dict[str, Any],
+    *,
+    main: bool = False,
 ) -> Exported:
     """Write one model in fp16 into models_dir/name; reference an already-written equal backbone.
-    `sampling`: SamplingConfig fields to ship as the model's defaults (e.g. fewer decoder steps)."""
+    `sampling`: SamplingConfig fields to ship as the model's defaults (e.g. fewer decoder steps).
+    `main`: the app's default model (info["main"])."""
     model = RepTok.from_pretrained(source)
     model.config.sampling = model.config.sampling.replace(**sampling)
     out = models_dir / name
     if out.exists():
         shutil.rmtree(out)  # a re-export replaces the folder whole, so no stale file survives
-    model.config.info = {**model.config.info, "name": name}
+    info = model.config.info
+    model.config.info = {
+        **info,
+        "name": name,
+        "main": main,
+        "backbone": backbone_display(info, model.token_dim),
+        "backbone_source": info.get("backbone_source", info.get("backbone")),
+    }
     sha256 = model.backbone_sha256(torch.float16)  # what save_pretrained stores and checks
     if sha256 in backbones:
         reference = Path("..") / backbones[sha256].relative_to(models_dir)
@@ -82,6 +110,18 @@ def export_model(
     if (source / "metrics.json").is_file():
         shutil.copy2(source / "metrics.json", out / "metrics.json")
     return Exported(name, source, model, sha256, lambda_label(model.config.encoder.cosine_weight))
+
+
+def export_features(source: Path, out: Path) -> Path:
+    """A pretrain_backbone.py folder (backbone.safetensors + config.json) as fp16, the way models ship."""
+    state = load_file(str(source / "backbone.safetensors"))
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in state.items()},
+              str(out / "backbone.safetensors"))  # fmt: skip
+    shutil.copy2(source / "config.json", out / "config.json")
+    return out
 
 
 @torch.inference_mode()
@@ -160,6 +200,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0, help="point subset and UMAP seed")
     p.add_argument("--no-manifold", action="store_true", help="export the weights only")
+    p.add_argument(
+        "--features", type=Path, metavar="FOLDER",
+        help="the in-house backbone whose features evaluate.py's Fréchet distances use: shipped as "
+        "OUT/features in fp16, so the model card's numbers can be re-measured from assets/ alone",
+    )  # fmt: skip
     p.add_argument("--decode-steps", type=int, help="default decoder steps shipped in each config")
     p.add_argument("--decode-sampler", choices=["euler", "heun"], help="default decoder sampler shipped")
     args = p.parse_args(argv)
@@ -180,9 +225,14 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         for key, value in {"decode_steps": args.decode_steps, "decode_sampler": args.decode_sampler}.items()
         if value is not None
     }
-    exported = [export_model(name, folder, models_dir, backbones, sampling) for name, folder in args.models]
+    exported = [
+        export_model(name, folder, models_dir, backbones, sampling, main=i == 0)
+        for i, (name, folder) in enumerate(args.models)
+    ]
     for e in exported:
         print(f"{e.name}: λ = {e.lam}, backbone {e.backbone_sha256[:8]} <- {e.source}")
+    if args.features:
+        print(f"features: {export_features(args.features, args.out / 'features')} <- {args.features}")
     if not args.no_manifold:
         extra = [RepTok.from_pretrained(folder) for folder in args.manifold_only]
         path = build_manifold(

@@ -61,6 +61,11 @@ ENCODERS: dict[str, EncoderConfig] = {
     "vit-t8-d6-64px": ENCODER_PRESETS["vit-s8-64px"].replace(
         backbone_kwargs={"img_size": 64, "patch_size": 8, "embed_dim": 192, "depth": 6, "num_heads": 3}
     ),
+    # ViT-Ti/8 (5.4 M parameters, 10.8 MB in fp16): the GPU backbones. Five of them (four compared
+    # and the feature network) ship next to seven decoders within the 200 MB of assets/.
+    "vit-t8-64px": ENCODER_PRESETS["vit-s8-64px"].replace(
+        backbone_kwargs={"img_size": 64, "patch_size": 8, "embed_dim": 192, "depth": 12, "num_heads": 3}
+    ),
 }
 
 
@@ -151,9 +156,9 @@ PRESETS: dict[str, PretrainConfig] = {
         # targets within a few hundred steps in the CPU probes.
         dino=DinoConfig(out_dim=256, local_crops=2, teacher_temp_end=0.04, momentum_start=0.95),
     ),
-    # ~6-8 minutes each on one H100 in bf16.
+    # One H100 in bf16, the three methods side by side (estimated ~6-8 minutes; not yet run).
     "gpu-s": PretrainConfig(
-        encoder=ENCODER_PRESETS["vit-s8-64px"],
+        encoder=ENCODERS["vit-t8-64px"],
         train=_loops(
             dino=TrainConfig(steps=3000, batch_size=256, lr=5e-4, warmup_steps=300, ckpt_every=500, **_GPU),
             mae=TrainConfig(steps=6000, batch_size=512, lr=1.5e-3, warmup_steps=400, ckpt_every=1000, **_GPU),

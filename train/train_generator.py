@@ -85,10 +85,19 @@ PRESETS: dict[str, GeneratorPreset] = {
             steps=3000, batch_size=128, lr=3e-4, warmup_steps=200, log_every=100, ckpt_every=500
         ),
     ),
-    # One H100 (estimated, not yet measured): the full presets, many passes over the cached tokens.
+    # 2 CPU cores, one generator per ablation row (gFD needs one): a narrow mixer (~2 M parameters).
+    "cpu-xs": GeneratorPreset(
+        class_generator=MIXER_PRESETS["mixer-s"].replace(width=256, depth=4),
+        text_generator=TEXT_PRESETS["text-s"].replace(width=384, depth=4, num_heads=6),
+        train=TrainConfig(
+            steps=1500, batch_size=128, lr=3e-4, warmup_steps=100, log_every=100, ckpt_every=500
+        ),
+    ),
+    # One H100 (estimated, not yet run): many passes over the cached tokens. The class mixer stays
+    # the cpu-xs one: seven ship (one per ablation row), and a token is a single vector.
     "gpu-b": GeneratorPreset(
-        class_generator=MIXER_PRESETS["mixer-b"],
-        text_generator=TEXT_PRESETS["text-s"],
+        class_generator=MIXER_PRESETS["mixer-s"].replace(width=256, depth=4),
+        text_generator=TEXT_PRESETS["text-s"].replace(width=384, depth=4, num_heads=6),
         train=TrainConfig(
             steps=20000,
             batch_size=512,

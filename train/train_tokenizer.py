@@ -85,10 +85,26 @@ PRESETS: dict[str, TokenizerPreset] = {
             ema_decay=0.999,
         ),
     ),
-    # One H100, ~8 min (estimated, not yet measured): the b4-64px decoder, bf16, batch 256.
+    # 2 CPU cores, the ablations (λ sweep, backbone comparison): the xs8 decoder, 800 steps of 32,
+    # ~12 min a run on one core, so two runs share the machine.
+    "cpu-xs": TokenizerPreset(
+        encoder="vit-s8-64px",
+        decoder=DECODER_PRESETS["xs8-64px"],
+        train=TrainConfig(
+            steps=800,
+            batch_size=32,
+            lr=5e-4,
+            warmup_steps=50,
+            log_every=50,
+            ckpt_every=200,
+            ema_decay=0.998,
+        ),
+    ),
+    # One H100, bf16, the seven runs of train/reproduce.sh side by side (estimated, not yet run). The
+    # xs8 decoder again: seven of them ship, so the GPU's budget goes into steps, not width.
     "gpu-b": TokenizerPreset(
         encoder="vit-s8-64px",
-        decoder=DECODER_PRESETS["b4-64px"],
+        decoder=DECODER_PRESETS["xs8-64px"],
         train=TrainConfig(
             steps=4000,
             batch_size=256,
@@ -137,18 +153,34 @@ def tokenizer_loss(schedule: TimeSampling) -> LossFn:
 # ------------------------------------------------------------------------------------ building
 
 
-def build_encoder(backbone: str, encoder_preset: str, lam: float, pretrained: bool) -> tuple[Encoder, str]:
-    """Encoder + a description of where its weights came from."""
+def build_encoder(
+    backbone: str, encoder_preset: str, lam: float, pretrained: bool
+) -> tuple[Encoder, str, dict[str, Any]]:
+    """Encoder, where its weights came from, and what pre-training said of it: {"method": dino/mae/
+    clip/random/timm, "knn": held-out k-NN accuracies or None}."""
     folder = Path(backbone)
     if folder.is_dir():
         encoder, meta = load_encoder(folder, cosine_weight=lam)
-        return encoder, f"{folder} ({meta.get('method', 'unknown method')})"
+        method = str(meta.get("method", "unknown method"))
+        knn = meta.get("knn") or {}
+        about = {
+            "method": method,
+            "knn": {k: knn[k] for k in ("category", "subcategory") if k in knn} or None,
+        }
+        return encoder, f"{folder} ({method})", about
     if ("/" in backbone or "\\" in backbone) and not backbone.startswith(("hf-hub:", "hf_hub:")):
         raise FileNotFoundError(f"backbone folder not found: {backbone}")
     config = ENCODER_PRESETS[encoder_preset].replace(
         backbone=backbone, pretrained=pretrained, cosine_weight=lam
     )
-    return Encoder(config), f"timm {backbone} ({'pretrained' if pretrained else 'random init'})"
+    return (
+        Encoder(config),
+        f"timm {backbone} ({'pretrained' if pretrained else 'random init'})",
+        {
+            "method": "timm",
+            "knn": None,
+        },
+    )
 
 
 def build_image_space(space: str, vae: str | None) -> tuple[ImageSpace, ImageSpaceConfig, int, int]:
@@ -220,7 +252,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
     seed_everything(cfg.seed)  # random backbones, decoder init and random VAEs follow the seed
     backbone = args.backbone or ENCODER_PRESETS[args.encoder].backbone
-    encoder, backbone_source = build_encoder(backbone, args.encoder, args.lam, args.pretrained)
+    encoder, backbone_source, backbone_about = build_encoder(
+        backbone, args.encoder, args.lam, args.pretrained
+    )
     image_space, space_config, channels, factor = build_image_space(args.space, args.vae)
     if args.image_size % factor:
         raise ValueError(f"--image-size {args.image_size} is not divisible by the VAE's factor {factor}")
@@ -269,6 +303,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
                     "data": args.data,
                     "train_images": len(dataset),
                     "backbone": backbone_source,
+                    "backbone_method": backbone_about["method"],
+                    "backbone_knn": backbone_about["knn"],
                     "lam": args.lam,
                     "steps": trainer.step,
                     "batch_size": cfg.batch_size * trainer.world_size,

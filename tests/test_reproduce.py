@@ -1,0 +1,79 @@
+"""train/reproduce.sh, the recipe behind the shipped models, end to end at its `test` scale.
+
+Tiny synthetic emoji; every step runs as its own process, as on a real machine: backbones ->
+stage A (a two-λ sweep and the other backbones) -> stage B -> export -> evaluate -> tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import COLOURS, shape_image, write_shapes_npz
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    root = tmp_path_factory.mktemp("recipe")
+    rng = np.random.default_rng(3)
+    labels = [(i // 2) % 3 for i in range(36)]
+    splits = ["heldout" if i // 2 in (0, 4, 8, 12) else "train" for i in range(36)]
+    data = write_shapes_npz(
+        root / "shapes.npz", [shape_image(c, COLOURS[c], rng) for c in labels], labels, splits
+    )
+    env = {**os.environ, "DATA": str(data), "RUNS": str(root / "runs"), "JOBS": "2", "LAMBDAS": "1 inf"}
+    done = subprocess.run(
+        ["bash", "train/reproduce.sh", "test"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return root / "runs", done
+
+
+def test_recipe_exports_every_ablation_row_evaluated(
+    recipe: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    runs, _ = recipe
+    models = runs / "export" / "models"
+    # main (dino, λ = 1) + the λ = inf row + the three other backbones at λ = 1
+    assert sorted(p.name for p in models.iterdir()) == [
+        "clip-lam1", "dino-laminf", "mae-lam1", "random-lam1", "reptok-emoji"
+    ]  # fmt: skip
+    for folder in models.iterdir():
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["n"] == 8 and np.isfinite(metrics["psnr"])
+        assert metrics["feature_space"].startswith("mae-")  # the separate feature network, shipped
+    main = json.loads((models / "reptok-emoji" / "config.json").read_text())
+    assert main["text_generator"] is not None and main["class_generator"] is not None
+    assert main["info"]["backbone"].startswith("DINO-style") and main["info"]["backbone_method"] == "dino"
+    # Each distinct backbone is stored once (the λ = inf row shares the main model's; at this scale a
+    # 2-step DINO teacher may even round to the random init in fp16), and every reference resolves.
+    configs = {p.name: json.loads((p / "config.json").read_text()) for p in models.iterdir()}
+    assert len(list(models.glob("*/backbone.safetensors"))) == len(
+        {c["backbone_sha256"] for c in configs.values()}
+    )
+    assert configs["dino-laminf"]["backbone_file"] == "../reptok-emoji/backbone.safetensors"
+    assert all((models / name / c["backbone_file"]).is_file() for name, c in configs.items())
+    assert (runs / "export" / "features" / "backbone.safetensors").is_file()
+
+
+def test_recipe_prints_both_tables_and_skips_finished_steps(
+    recipe: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    runs, done = recipe
+    assert (
+        "| random init | `random-lam1` |" in done.stdout and "| DINO-style | `reptok-emoji` |" in done.stdout
+    )
+    assert "| ∞ (frozen) | `dino-laminf` |" in done.stdout
+    # A second call finds every output and redoes nothing.
+    env = {**os.environ, "DATA": str(runs.parent / "shapes.npz"), "RUNS": str(runs), "LAMBDAS": "1 inf"}
+    again = subprocess.run(
+        ["bash", "train/reproduce.sh", "test"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert again.returncode == 0 and "start " not in again.stdout, again.stdout[-2000:]

@@ -1,0 +1,137 @@
+"""The model card's two ablation tables, from exported models and their metrics.json.
+
+    python train/ablation_tables.py assets            (or runs/<scale>/export)
+
+Backbones: one row per pre-training method at the main model's λ (PSNR, SSIM, rFD, gFD, the
+backbone's held-out k-NN accuracy). λ sweep: every model on the main model's backbone (PSNR, SSIM,
+rFD, gFD, mean cos to the frozen token). The Fréchet distances are in the feature space that
+metrics.json names (an in-house backbone's features): they are not FID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BACKBONE_ORDER = ("random", "clip", "mae", "dino")  # the paper's table order: no prior first
+METHOD_NAMES = {"dino": "DINO-style", "mae": "MAE-style", "clip": "CLIP-style", "random": "random init"}
+
+
+@dataclass
+class Row:
+    name: str
+    method: str
+    lam: float
+    backbone_sha256: str
+    knn: dict[str, float] | None
+    metrics: dict[str, Any]
+
+    def fd(self, kind: str) -> float | None:
+        """rFD / gFD, whatever feature space metrics.json names."""
+        keys = [k for k in self.metrics if k.startswith(f"{kind}_")]
+        return self.metrics[keys[0]] if keys else None
+
+
+def read_rows(export: Path) -> list[Row]:
+    rows = []
+    for config_path in sorted((export / "models").glob("*/config.json")):
+        folder = config_path.parent
+        metrics_path = folder / "metrics.json"
+        if not metrics_path.is_file():
+            continue  # not evaluated yet
+        config = json.loads(config_path.read_text())
+        info = config.get("info", {})
+        rows.append(
+            Row(
+                name=folder.name,
+                method=str(info.get("backbone_method", "unknown")),
+                lam=float(config["encoder"]["cosine_weight"]),
+                backbone_sha256=str(config.get("backbone_sha256", "")),
+                knn=info.get("backbone_knn"),
+                metrics=json.loads(metrics_path.read_text()),
+            )
+        )
+    return rows
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _space(rows: Sequence[Row]) -> str:
+    spaces = sorted({str(r.metrics.get("feature_space")) for r in rows})
+    return ", ".join(spaces)
+
+
+def backbone_table(rows: Sequence[Row], main: Row) -> str:
+    picked = {r.method: r for r in rows if r.lam == main.lam and r.method in BACKBONE_ORDER}
+    picked[main.method] = main
+    lines = [
+        f"Backbones at λ = {main.lam:g} (held-out, n = {main.metrics.get('n')}, "
+        f"FDs in {_space(list(picked.values()))} features):",
+        "",
+        "| backbone | model | PSNR (dB) | SSIM | rFD | gFD | k-NN category / subcategory |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for method in BACKBONE_ORDER:
+        r = picked.get(method)
+        if r is None:
+            continue
+        knn = f"{r.knn['category']:.3f} / {r.knn['subcategory']:.3f}" if r.knn else "–"
+        lines.append(
+            f"| {METHOD_NAMES[method]} | `{r.name}` | {_num(r.metrics.get('psnr'), 2)} | "
+            f"{_num(r.metrics.get('ssim'), 3)} | {_num(r.fd('rFD'), 4)} | {_num(r.fd('gFD'), 4)} | {knn} |"
+        )
+    return "\n".join(lines)
+
+
+def lambda_table(rows: Sequence[Row], main: Row) -> str:
+    sweep = sorted((r for r in rows if r.backbone_sha256 == main.backbone_sha256), key=lambda r: r.lam)
+    seen: set[float] = set()
+    lines = [
+        f"λ sweep on the {METHOD_NAMES.get(main.method, main.method)} backbone (held-out, "
+        f"FDs in {_space(sweep)} features):",
+        "",
+        "| λ | model | PSNR (dB) | SSIM | rFD | gFD | mean cos to frozen token |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in sweep:
+        if r.lam in seen:
+            continue
+        seen.add(r.lam)
+        lam = "∞ (frozen)" if math.isinf(r.lam) else f"{r.lam:g}"
+        lines.append(
+            f"| {lam} | `{r.name}` | {_num(r.metrics.get('psnr'), 2)} | {_num(r.metrics.get('ssim'), 3)} | "
+            f"{_num(r.fd('rFD'), 4)} | {_num(r.fd('gFD'), 4)} | {_num(r.metrics.get('cos_to_frozen'), 5)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("export", type=Path, help="a folder with models/<name>/{config,metrics}.json")
+    p.add_argument("--main", default="reptok-emoji", help="the main model's name (default reptok-emoji)")
+    args = p.parse_args(argv)
+    rows = read_rows(args.export)
+    main_row = next((r for r in rows if r.name == args.main), None)
+    if main_row is None:
+        sys.exit(f"no evaluated model named {args.main!r} in {args.export / 'models'}")
+    text = backbone_table(rows, main_row) + "\n\n" + lambda_table(rows, main_row)
+    base = main_row.metrics
+    if "baseline_mean_image_psnr" in base:
+        text += (
+            f"\n\nFor scale: the mean training image, which ignores the token, scores "
+            f"{base['baseline_mean_image_psnr']:.2f} dB PSNR / {base['baseline_mean_image_ssim']:.3f} SSIM."
+        )
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Every command that makes the shipped emoji models, in order, at one scale:
+#
+#   bash train/reproduce.sh cpu     2 CPU cores (what assets/ holds now), ~2 h with JOBS=2
+#   bash train/reproduce.sh gpu     one GPU: the gpu-* presets, the λ sweep and backbone runs side by side
+#   bash train/reproduce.sh test    tiny presets, seconds (tests/test_reproduce.py)
+#
+# A step whose output exists is skipped, so a killed run continues where it stopped (each script
+# also resumes from its own checkpoint with --resume). Environment: DATA (emoji .npz), RUNS (output
+# root, default runs/<scale>), JOBS (steps run side by side), STAGE (stop after: backbones,
+# tokenizers, generators, export; default: all, then evaluate the export and print the tables),
+# LAMBDAS and DEFAULT_LAM (the λ sweep and the main model's λ).
+#
+# What it makes (the model card's two tables come from the metrics.json files):
+#   backbones/{dino,mae,clip,random}   in-house SSL backbones; features/ a separate one for the FDs
+#   tok-<backbone>-lam<λ>              stage A: λ sweep on the main backbone, the others at the default λ
+#   gen-<backbone>-lam<λ>              stage B: class generator (subcategories) per tokenizer, and the
+#                                      main one's text generator; each with metrics.json
+#
+# On a lent GPU with no network (what this project gets): carry data/emoji64.npz and the CLIP-style
+# caption cache (runs/<cpu>/backbones/clip/caption_vectors.npz -> $RUNS/backbones/clip/, MiniLM is not
+# there), run `JOBS=4 STAGE=tokenizers bash train/reproduce.sh gpu`, bring back $RUNS/backbones,
+# $RUNS/features and each tok-*/model (cast to fp16 there if the files must be under 16 MiB), then
+# run the rest here: stage B, export and evaluation need no GPU at this size.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scale=${1:?usage: bash train/reproduce.sh cpu|gpu|test}
+DATA=${DATA:-data/emoji64.npz}
+RUNS=${RUNS:-runs/$scale}
+JOBS=${JOBS:-2}
+STAGE=${STAGE:-all}
+LAMBDAS=${LAMBDAS:-0 0.1 1 inf}  # the λ sweep; λ = inf is the frozen token, λ = 0 the free one
+DEFAULT_LAM=${DEFAULT_LAM:-1}  # the main model's λ; must be one of LAMBDAS
+case $scale in
+  cpu)
+    # Only the CLIP-style method learns within CPU minutes (k-NN 0.61 vs random's 0.48), so at this
+    # scale it is the main backbone; DINO-style needs the GPU.
+    MAIN=clip
+    PRE=(--preset cpu-s) TOK=(--preset cpu-xs) GEN=(--preset cpu-xs) EVAL=() SHIP_STEPS=8
+    declare -A PRE_STEPS=([dino]=150 [mae]=400 [clip]=300 [random]=0)
+    FEATURES_METHOD=clip
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((2 / JOBS > 0 ? 2 / JOBS : 1))}
+    ;;
+  gpu)
+    MAIN=dino
+    PRE=(--preset gpu-s) TOK=(--preset gpu-b) GEN=(--preset gpu-b) EVAL=() SHIP_STEPS=8
+    declare -A PRE_STEPS=([dino]=3000 [mae]=6000 [clip]=2500 [random]=0)
+    FEATURES_METHOD=dino
+    ;;
+  test)
+    MAIN=dino
+    PRE=(--preset test) TOK=(--preset test) GEN=(--preset test) EVAL=(--n 8) SHIP_STEPS=2
+    declare -A PRE_STEPS=([dino]=2 [mae]=2 [clip]=2 [random]=0)
+    FEATURES_METHOD=mae
+    ;;
+  *) echo "unknown scale $scale (cpu, gpu or test)" >&2; exit 2 ;;
+esac
+[[ " $LAMBDAS " == *" $DEFAULT_LAM "* ]] || { echo "DEFAULT_LAM $DEFAULT_LAM is not in LAMBDAS" >&2; exit 2; }
+mkdir -p "$RUNS/logs"
+
+# run NAME DONE_FILE CMD...: skip when DONE_FILE exists, else run with a log, at most JOBS at once.
+run() {
+  local name=$1 done_file=$2; shift 2
+  if [[ -e $done_file ]]; then echo "skip  $name ($done_file exists)"; return; fi
+  while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n; done
+  echo "start $name -> $RUNS/logs/$name.log"
+  ( "$@" >"$RUNS/logs/$name.log" 2>&1 && echo "done  $name" || { echo "FAIL  $name (see $RUNS/logs/$name.log)"; exit 1; } ) &
+}
+finish() { local ok=0; for p in $(jobs -rp); do wait "$p" || ok=1; done; wait || ok=1; return $ok; }
+stop_after() { [[ $STAGE == "$1" ]] && { echo "stopped after $1 (STAGE=$1)"; exit 0; }; return 0; }
+tok() { echo "$RUNS/tok-$1-lam$2"; }
+gen() { echo "$RUNS/gen-$1-lam$2"; }
+
+# The runs: the λ sweep on the main backbone, the other backbones at the default λ.
+PAIRS=()
+for lam in $LAMBDAS; do PAIRS+=("$MAIN:$lam"); done
+for b in dino mae clip random; do [[ $b == "$MAIN" ]] || PAIRS+=("$b:$DEFAULT_LAM"); done
+
+# 1. Backbones, and a separate feature network for the Fréchet distances (another seed: none of
+#    the compared backbones measures itself).
+for b in dino mae clip random; do
+  run "backbone-$b" "$RUNS/backbones/$b/backbone.safetensors" \
+    python train/pretrain_backbone.py --method "$b" "${PRE[@]}" --steps "${PRE_STEPS[$b]}" \
+    --data "$DATA" --out "$RUNS/backbones/$b"
+done
+run features "$RUNS/features/backbone.safetensors" \
+  python train/pretrain_backbone.py --method "$FEATURES_METHOD" "${PRE[@]}" \
+  --steps "${PRE_STEPS[$FEATURES_METHOD]}" --seed 1 --data "$DATA" --out "$RUNS/features"
+finish; stop_after backbones
+
+# 2. Stage A: [cls] embedding + decoder.
+for pair in "${PAIRS[@]}"; do
+  b=${pair%%:*} lam=${pair##*:}
+  run "tok-$b-lam$lam" "$(tok "$b" "$lam")/model/config.json" \
+    python train/train_tokenizer.py "${TOK[@]}" --data "$DATA" --backbone "$RUNS/backbones/$b" \
+    --lam "$lam" --out "$(tok "$b" "$lam")"
+done
+finish; stop_after tokenizers
+
+# 3. Stage B: a class generator per tokenizer (each row's gFD needs one); text for the main model.
+for pair in "${PAIRS[@]}"; do
+  b=${pair%%:*} lam=${pair##*:}
+  run "gen-$b-lam$lam" "$(gen "$b" "$lam")/model/config.json" \
+    python train/train_generator.py "${GEN[@]}" --data "$DATA" --tokenizer "$(tok "$b" "$lam")/model" \
+    --cond class --label subcategory --out "$(gen "$b" "$lam")"
+done
+finish
+MAIN_RUN=$RUNS/main
+run main-text "$MAIN_RUN/model/config.json" \
+  python train/train_generator.py "${GEN[@]}" --data "$DATA" \
+  --tokenizer "$(gen "$MAIN" "$DEFAULT_LAM")/model" --cond text --out "$MAIN_RUN"
+finish; stop_after generators
+
+# 4. Export: fp16 weights (each backbone once), the feature network, the manifold. The main model
+#    first (the app's default), then every ablation row.
+EXPORT=(--model "reptok-emoji=$MAIN_RUN/model")
+for pair in "${PAIRS[@]}"; do
+  b=${pair%%:*} lam=${pair##*:}
+  [[ $b == "$MAIN" && $lam == "$DEFAULT_LAM" ]] && continue
+  EXPORT+=(--model "$b-lam$lam=$(gen "$b" "$lam")/model")
+done
+run export "$RUNS/export/manifold.npz" \
+  python train/export.py "${EXPORT[@]}" --features "$RUNS/features" --data "$DATA" \
+  --out "$RUNS/export" --decode-steps "$SHIP_STEPS"
+finish; stop_after export
+
+# 5. Evaluate what ships, on the held-out split: metrics.json next to each exported model's weights,
+#    so the model card's numbers are re-measured from the exported files alone.
+for model in "$RUNS"/export/models/*/; do
+  model=${model%/}
+  run "eval-$(basename "$model")" "$model/metrics.json" \
+    python train/evaluate.py --model "$model" --data "$DATA" --features "$RUNS/export/features" \
+    --label subcategory "${EVAL[@]}"
+done
+finish
+python train/ablation_tables.py "$RUNS/export"
+echo "done: bash train/reproduce.sh $scale -> $RUNS/export (copy it over assets/ to ship it)"
