@@ -1,4 +1,5 @@
-"""train/pretrain_backbone.py on tiny synthetic emoji files: every method, the k-NN probe, the CLI."""
+"""train/pretrain_backbone.py (and its ssl_methods, ssl_views, knn) on tiny synthetic emoji files:
+every method, the k-NN probe, the CLI."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from timm.models.vision_transformer import VisionTransformer
 
 from reptok.encoder import ENCODER_PRESETS, EncoderConfig, create_backbone
 from tests.helpers import COLOURS, shape_image, write_shapes_npz
+from train import knn
 from train import pretrain_backbone as pb
+from train import ssl_methods as sm
+from train import ssl_views as sv
 from train.data import EmojiDataset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +72,7 @@ def test_method_trains_and_writes_a_plain_backbone(method: str, shapes_npz: Path
         assert 0.0 <= config["knn"][key] <= 1.0
     assert any(r.get("event") == "knn" for r in records)
     # Trained: the exported weights differ from the seed's initial ones.
-    initial = pb.build_backbone(ENCODER_PRESETS["test"], 0, pb.PRESETS["test"].layer_scale_init)
+    initial = sv.build_backbone(ENCODER_PRESETS["test"], 0, pb.PRESETS["test"].layer_scale_init)
     assert any(not torch.equal(v, state[k]) for k, v in initial.state_dict().items())
 
 
@@ -88,14 +92,14 @@ def test_dino_resume_matches_an_uninterrupted_run(
 ) -> None:
     """The teacher, centre and step live in buffers, so a killed run continues exactly."""
     _run("dino", shapes_npz, tmp_path / "full", "--ckpt-every", "2")
-    forward = pb.DinoMethod.forward
+    forward = sm.DinoMethod.forward
 
-    def killed_at_step_3(self: pb.DinoMethod, batch: dict, gen: torch.Generator) -> tuple:
+    def killed_at_step_3(self: sm.DinoMethod, batch: dict, gen: torch.Generator) -> tuple:
         if int(self.step) == 2:
             raise KeyboardInterrupt  # after the step-2 checkpoint
         return forward(self, batch, gen)
 
-    monkeypatch.setattr(pb.DinoMethod, "forward", killed_at_step_3)
+    monkeypatch.setattr(sm.DinoMethod, "forward", killed_at_step_3)
     with pytest.raises(KeyboardInterrupt):
         _run("dino", shapes_npz, tmp_path / "cut", "--ckpt-every", "2")
     monkeypatch.undo()
@@ -110,8 +114,8 @@ def test_knn_is_perfect_on_a_trivially_separable_set(solid_npz: Path) -> None:
     train = EmojiDataset(solid_npz, "train", image_size=32)
     heldout = EmojiDataset(solid_npz, "heldout", image_size=32)
     for layer_scale in (None, 0.1):  # timm's own init, and the one training starts from
-        backbone = pb.build_backbone(ENCODER_PRESETS["test"], 0, layer_scale)
-        result = pb.knn_accuracy(backbone, train, heldout, label_keys=("category", "label"), k=20)
+        backbone = sv.build_backbone(ENCODER_PRESETS["test"], 0, layer_scale)
+        result = knn.knn_accuracy(backbone, train, heldout, label_keys=("category", "label"), k=20)
         assert result["category"] == 1.0 and result["label"] == 1.0
         assert result["n_bank"] == 60 and result["n_query"] == 12
 
@@ -123,28 +127,28 @@ def test_forward_visible_with_every_patch_is_the_plain_forward() -> None:
     for name in ("vit_small_patch14_reg4_dinov2", "vit_base_patch16_224"):
         vit = create_backbone(EncoderConfig(backbone=name, backbone_kwargs=small, image_size=32)).eval()
         keep = torch.arange(16).expand(2, -1)
-        torch.testing.assert_close(pb.forward_visible(vit, x, keep), vit.forward_features(x))
+        torch.testing.assert_close(sv.forward_visible(vit, x, keep), vit.forward_features(x))
         shuffled = torch.stack([torch.randperm(16)[:4] for _ in range(2)])  # (B, K) visible subset
-        assert pb.forward_visible(vit, x, shuffled).shape == (2, vit.num_prefix_tokens + 4, 48)
+        assert sv.forward_visible(vit, x, shuffled).shape == (2, vit.num_prefix_tokens + 4, 48)
 
 
 def test_augmented_views_have_the_right_shape_and_range() -> None:
     images = torch.rand(4, 3, 64, 64) * 2 - 1
     gen = torch.Generator().manual_seed(0)
-    crops = pb.random_resized_crop(images, 32, (0.1, 0.4), gen)
-    views = pb.color_augment((crops + 1) / 2, gen, blur_p=1.0, solarize_p=1.0)
+    crops = sv.random_resized_crop(images, 32, (0.1, 0.4), gen)
+    views = sv.color_augment((crops + 1) / 2, gen, blur_p=1.0, solarize_p=1.0)
     assert views.shape == (4, 3, 32, 32) and views.min() >= 0 and views.max() <= 1
-    again = pb.random_resized_crop(images, 32, (0.1, 0.4), torch.Generator().manual_seed(0))
+    again = sv.random_resized_crop(images, 32, (0.1, 0.4), torch.Generator().manual_seed(0))
     torch.testing.assert_close(again, crops)  # the step generator alone decides the views
 
 
 def test_sinkhorn_targets_are_distributions_and_balanced() -> None:
     logits = torch.randn(16, 8) * 0.1 + torch.linspace(0, 1, 8)  # every image prefers prototype 7
-    q = pb.sinkhorn_knopp(logits, temperature=0.05, iterations=20)
+    q = sm.sinkhorn_knopp(logits, temperature=0.05, iterations=20)
     torch.testing.assert_close(q.sum(1), torch.ones(16))
     torch.testing.assert_close(q.sum(0), torch.full((8,), 2.0), atol=1e-3, rtol=0)  # B / K each
     spread = torch.randn(8, 32, requires_grad=True)
-    pb.koleo_loss(spread).backward()
+    sm.koleo_loss(spread).backward()
     assert torch.isfinite(spread.grad).all()
 
 

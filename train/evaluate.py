@@ -40,7 +40,8 @@ from tqdm import tqdm
 from reptok.metrics import FeatureSpace, psnr, ssim
 from reptok.pipeline import RepTok
 from train.data import EmojiDataset
-from train.pretrain_backbone import knn_classify, load_encoder
+from train.knn import knn_classify
+from train.pretrain_backbone import load_encoder
 
 
 def feature_space(backbone_dir: str | Path) -> FeatureSpace:
