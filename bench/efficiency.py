@@ -56,14 +56,9 @@ from reptok.decoder import DECODER_PRESETS
 from reptok.generator import MixerGenerator
 from reptok.metrics import FeatureSpace, frechet_distance
 from reptok.pipeline import RepTok
-from train.common import (
-    TrainConfig,
-    Trainer,
-    add_time_schedule_arg,
-    seed_everything,
-    step_generator,
-    to_plain,
-)
+from train.batches import seed_everything, step_generator
+from train.cli import add_time_schedule_arg
+from train.common import TrainConfig, Trainer, to_plain
 from train.data import EmojiDataset
 from train.evaluate import _chunks, feature_space
 from train.train_generator import PRESETS, class_loss, encode_dataset

@@ -25,7 +25,8 @@ if str(ROOT) not in sys.path:
 from reptok.encoder import ENCODER_PRESETS, create_backbone  # noqa: E402
 from reptok.pipeline import RepTok  # noqa: E402
 from train import train_generator, train_tokenizer  # noqa: E402
-from train.common import TrainConfig, Trainer, config_differences, resumable_batches, step_generator  # noqa: E402
+from train.batches import resumable_batches, step_generator  # noqa: E402
+from train.common import TrainConfig, Trainer, config_differences  # noqa: E402
 
 
 def write_shapes(root: Path, per_class: int = 8, size: int = 32) -> Path:

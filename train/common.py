@@ -1,23 +1,19 @@
 """Shared training machinery for the scripts in train/: one loop, resumable to the bit.
 
-API (everything a script needs; see train/train_tokenizer.py for a complete use):
+API (see train/train_tokenizer.py for a complete use). Here:
 
     TrainConfig                        the loop knobs every script shares (presets hold one each)
-    select_preset(argv, presets, default) -> str   read --preset first: the full parser's defaults come from it
-    add_train_args(parser, defaults, *, out_default=None)
-                                       --steps --batch-size --lr --weight-decay --warmup-steps --ema-decay
-                                       --grad-clip --log-every --ckpt-every --seed --num-workers --precision
-                                       --compile --resume --out, defaulting to `defaults`
-    train_config_from_args(args) -> TrainConfig
-    seed_everything(seed)              call before building models: same seed, same initial weights
-    resumable_batches(dataset, batch_size, seed, start_step, num_workers=0, collate=None, *, rank=0,
-                      world_size=1) -> Iterator[dict]   infinite; batch k depends only on (seed, k)
-    step_generator(seed, step, rank=0) -> torch.Generator   the per-step RNG handed to loss_fn
     to_plain(value)                    dataclasses / Paths / tuples / inf -> JSON-safe plain types
     Trainer(cfg, out_dir, model, params, run_config, *, resume=False, compile_modules=None)
         .fit(batches, loss_fn)         loss_fn(model, batch, generator) -> (loss, {name: float | 0-d tensor})
         .batches(dataset, collate=None)   resumable_batches from the trainer's step, rank and world size
         .ema  .step  .device  .is_main  .elapsed_s  .print(...)  .save_checkpoint()
+
+In train/cli.py: select_preset (read --preset first: the other flags default to its values),
+stage_parser, add_train_args (--steps ... --resume --out), train_config_from_args,
+add_time_schedule_arg. In train/batches.py: seed_everything (call before building models),
+resumable_batches (infinite; batch k depends only on (seed, k)), step_generator (the per-step RNG
+handed to loss_fn).
 
 Determinism contract (single process, CPU): a run stopped after any checkpoint and continued with
 --resume ends at exactly the weights of an uninterrupted run with the same seed. Nothing random is
@@ -33,7 +29,6 @@ DDP would need). Each rank gets its own slice of every global batch and its own 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import dataclasses
@@ -46,16 +41,15 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from accelerate import Accelerator
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, default_collate
 from tqdm import tqdm
 
-from reptok.flow import TimeSampling
+from train.batches import resumable_batches, step_generator
 
 Precision = Literal["auto", "fp32", "bf16"]
 LossFn = Callable[[nn.Module, dict[str, Any], torch.Generator], tuple[Tensor, dict[str, float | Tensor]]]
@@ -95,83 +89,6 @@ class TrainConfig:
             raise ValueError("log_every and ckpt_every must be at least 1")
 
 
-# ------------------------------------------------------------------------------------- the CLI
-
-
-def select_preset(argv: Sequence[str], presets: Mapping[str, Any], default: str) -> str:
-    """The --preset in argv, read before the full parser exists (its defaults are the preset's)."""
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--preset", choices=sorted(presets), default=default)
-    return pre.parse_known_args(list(argv))[0].preset
-
-
-def stage_parser(
-    argv: Sequence[str], presets: Mapping[str, Any], default: str, *, prog: str, doc: str | None
-) -> tuple[argparse.ArgumentParser, str]:
-    """A stage script's parser with its --preset and --data, and the preset named in argv (read
-    first, so the other flags can take that preset's values as their defaults)."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--preset", choices=sorted(presets), default=default,
-        help=f"named configuration (default {default}); the defaults below are this preset's",
-    )  # fmt: skip
-    parser.add_argument(
-        "--data", default="data/emoji64.npz", help="emoji .npz or a folder root/<class>/<image>"
-    )
-    return parser, select_preset(argv, presets, default)
-
-
-def add_time_schedule_arg(parser: argparse.ArgumentParser, default: TimeSampling) -> None:
-    parser.add_argument(
-        "--time-schedule", choices=list(get_args(TimeSampling)), default=default,
-        help=f"training time distribution ({default})",
-    )  # fmt: skip
-
-
-def add_train_args(
-    parser: argparse.ArgumentParser, defaults: TrainConfig, *, out_default: str | Path | None = None
-) -> None:
-    """The loop flags every script shares; their defaults are `defaults` (the chosen preset's)."""
-    d = defaults
-    g = parser.add_argument_group("training loop (defaults shown are the chosen preset's)")
-    g.add_argument("--steps", type=int, default=d.steps, help="total optimizer steps, across resumes")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size per process")
-    g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate after warmup")
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW decay on matrices")
-    g.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear LR warmup")
-    g.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA of the weights (what is saved)")
-    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: off)")
-    g.add_argument("--log-every", type=int, default=d.log_every, help="steps between log lines")
-    g.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between checkpoints")
-    g.add_argument("--seed", type=int, default=d.seed, help="init, data order and noise all follow it")
-    g.add_argument("--num-workers", type=int, default=d.num_workers, help="DataLoader workers")
-    g.add_argument(
-        "--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
-        help="auto: bf16 autocast on a GPU with bf16, fp32 on CPU",
-    )  # fmt: skip
-    g.add_argument(
-        "--compile", action=argparse.BooleanOptionalAction, default=d.compile,
-        help="torch.compile the heavy modules (GPU only)",
-    )  # fmt: skip
-    g.add_argument(
-        "--resume", action="store_true",
-        help="continue from OUT/checkpoint.pt (refused if it is another preset or config); "
-        "starts fresh when there is none",
-    )  # fmt: skip
-    g.add_argument(
-        "--out", type=Path, default=out_default, required=out_default is None,
-        help="run folder: checkpoint.pt, log.jsonl, run_config.json and the saved model",
-    )  # fmt: skip
-
-
-def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    cfg.validate()
-    return cfg
-
-
 def to_plain(value: Any) -> Any:
     """JSON-safe plain types (what checkpoints and config files hold); inf/nan become strings."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -188,92 +105,6 @@ def to_plain(value: Any) -> Any:
     if value is None or isinstance(value, str | int | float | bool):
         return value
     raise TypeError(f"{type(value).__name__} is not a plain config value: {value!r}")
-
-
-# ------------------------------------------------------------------------------ randomness, data
-
-
-def _derive_seed(*parts: int) -> int:
-    """A 63-bit seed from a tuple of ints (numpy's SeedSequence hashing: no nearby-seed correlation)."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
-    """The CPU generator loss_fn draws noise, times and dropout from at `step` (on `rank`)."""
-    return torch.Generator(device="cpu").manual_seed(_derive_seed(seed, step, rank, 1))
-
-
-class IndexStream:
-    """Batches of dataset indices, forever: an endless stream of epochs, each a permutation drawn from
-    (seed, epoch). Global step k takes stream items [(k·W + rank)·B, (k·W + rank + 1)·B), so any
-    batch can be produced without replaying the ones before it; the state is just the step."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int, rank: int, world_size: int):
-        if n < 1:
-            raise ValueError("the training set is empty")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.start_step, self.rank, self.world_size = start_step, rank, world_size
-        self._perms: dict[int, list[int]] = {}
-
-    def _perm(self, epoch: int) -> list[int]:
-        if epoch not in self._perms:
-            if len(self._perms) > 2:
-                self._perms.pop(min(self._perms))
-            g = torch.Generator().manual_seed(_derive_seed(self.seed, epoch, 0xDA7A))
-            self._perms[epoch] = torch.randperm(self.n, generator=g).tolist()
-        return self._perms[epoch]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        step = self.start_step
-        while True:
-            start = (step * self.world_size + self.rank) * self.batch_size
-            yield [self._perm(p // self.n)[p % self.n] for p in range(start, start + self.batch_size)]
-            step += 1
-
-
-def resumable_batches(
-    dataset: Any,
-    batch_size: int,
-    seed: int,
-    start_step: int,
-    num_workers: int = 0,
-    collate: Callable[[list[Any]], dict[str, Any]] | None = None,
-    *,
-    rank: int = 0,
-    world_size: int = 1,
-) -> Iterator[dict[str, Any]]:
-    """Batches for steps start_step, start_step + 1, ... of a run (never ends).
-
-    `dataset` is a map-style Dataset, or a dict of equally long tensors / lists (cached tokens:
-    gathered by indexing, no per-item Python). Workers only load; the order comes from IndexStream,
-    so no DataLoader iterator state is needed to resume.
-    """
-    if isinstance(dataset, Mapping):
-        sizes = {k: len(v) for k, v in dataset.items()}
-        if len(set(sizes.values())) != 1:
-            raise ValueError(f"dataset columns differ in length: {sizes}")
-        stream = IndexStream(next(iter(sizes.values())), batch_size, seed, start_step, rank, world_size)
-        for idx in stream:
-            rows = torch.tensor(idx)
-            yield {k: v[rows] if isinstance(v, Tensor) else [v[i] for i in idx] for k, v in dataset.items()}
-        return
-    stream = IndexStream(len(dataset), batch_size, seed, start_step, rank, world_size)
-    collate = collate or default_collate
-    if num_workers == 0:
-        for idx in stream:
-            yield collate([dataset[i] for i in idx])
-        return
-    loader = DataLoader(
-        dataset, batch_sampler=stream, num_workers=num_workers, collate_fn=collate,
-        pin_memory=torch.cuda.is_available(), persistent_workers=True,
-    )  # fmt: skip
-    yield from loader
 
 
 def _rng_state() -> dict[str, Any]:

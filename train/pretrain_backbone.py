@@ -41,14 +41,8 @@ from torch.utils.data import Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reptok.encoder import ENCODER_PRESETS, Encoder, EncoderConfig
-from train.common import (
-    TrainConfig,
-    Trainer,
-    add_train_args,
-    select_preset,
-    to_plain,
-    train_config_from_args,
-)
+from train.cli import add_train_args, select_preset, train_config_from_args
+from train.common import TrainConfig, Trainer, to_plain
 from train.data import build_dataset
 from train.knn import knn_accuracy
 from train.ssl_methods import (

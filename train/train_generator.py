@@ -47,17 +47,9 @@ from reptok.generator import (
 )
 from reptok.pipeline import RepTok
 from reptok.text import FrozenTextEncoder, TextEncoderConfig
-from train.common import (
-    LossFn,
-    TrainConfig,
-    Trainer,
-    add_time_schedule_arg,
-    add_train_args,
-    seed_everything,
-    stage_parser,
-    to_plain,
-    train_config_from_args,
-)
+from train.batches import seed_everything
+from train.cli import add_time_schedule_arg, add_train_args, stage_parser, train_config_from_args
+from train.common import LossFn, TrainConfig, Trainer, to_plain
 from train.data import build_dataset
 
 TOKENS_FORMAT = 1

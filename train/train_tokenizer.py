@@ -36,17 +36,9 @@ from reptok.decoder import DECODER_PRESETS, Decoder, DecoderConfig, ImageSpace, 
 from reptok.encoder import ENCODER_PRESETS, Encoder
 from reptok.flow import TimeSampling, flow_loss
 from reptok.pipeline import RepTok, RepTokConfig
-from train.common import (
-    LossFn,
-    TrainConfig,
-    Trainer,
-    add_time_schedule_arg,
-    add_train_args,
-    seed_everything,
-    stage_parser,
-    to_plain,
-    train_config_from_args,
-)
+from train.batches import seed_everything
+from train.cli import add_time_schedule_arg, add_train_args, stage_parser, train_config_from_args
+from train.common import LossFn, TrainConfig, Trainer, to_plain
 from train.data import build_dataset
 from train.pretrain_backbone import load_encoder
 
