@@ -112,6 +112,24 @@ def test_resume_ends_at_bitwise_the_same_weights(data_dir: Path, tmp_path: Path)
     assert [s for s in steps if s] == [1, 2, 3, 3, 3, 4, 5, 6, 6]  # start/done/resume events carry a step too
 
 
+def test_max_minutes_stops_cleanly_and_resume_finishes_the_run(data_dir: Path, tmp_path: Path) -> None:
+    base = ["--lam", "0.5", "--ckpt-every", "100"]
+    train_tokenizer.main(stage_a_args(data_dir, tmp_path / "straight", *base, "--steps", "4"))
+    # A limit already past after the first step: it checkpoints and saves the model there.
+    train_tokenizer.main(
+        stage_a_args(data_dir, tmp_path / "cut", *base, "--steps", "4", "--max-minutes", "1e-9")
+    )
+    records = [json.loads(line) for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    assert records[-1] == {"event": "time_limit", "step": 1, "max_minutes": 1e-9}  # and not "done"
+    assert RepTok.from_pretrained(tmp_path / "cut" / "model").config.info["steps"] == 1
+    train_tokenizer.main(stage_a_args(data_dir, tmp_path / "cut", *base, "--steps", "4", "--resume"))
+    straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    cut = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert straight["step"] == cut["step"] == 4
+    for part in ("model", "ema", "optimizer"):
+        _assert_same_state(straight[part], cut[part])
+
+
 def test_stage_b_resumes_exactly(tokenizer_run: Path, data_dir: Path, tmp_path: Path) -> None:
     def run(out: str, steps: int, *extra: str) -> None:
         args = ["--preset", "test", "--tokenizer", str(tokenizer_run / "model"), "--data", str(data_dir)]

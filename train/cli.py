@@ -71,6 +71,10 @@ def add_train_args(
         help="torch.compile the heavy modules (GPU only)",
     )  # fmt: skip
     g.add_argument(
+        "--max-minutes", type=float, default=d.max_minutes,
+        help="stop cleanly after this many minutes of training in this call (0: no limit); --resume goes on",
+    )  # fmt: skip
+    g.add_argument(
         "--resume", action="store_true",
         help="continue from OUT/checkpoint.pt (refused if it is another preset or config); "
         "starts fresh when there is none",

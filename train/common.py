@@ -58,7 +58,8 @@ CHECKPOINT_VERSION = 1
 # Run-config entries that may change on --resume: they do not change the trajectory (the LR is
 # constant after warmup, so --steps can be raised to extend a run), or only its speed.
 RESUMABLE_CHANGES = frozenset(
-    f"train.{name}" for name in ("steps", "log_every", "ckpt_every", "num_workers", "compile", "precision")
+    f"train.{name}"
+    for name in ("steps", "log_every", "ckpt_every", "num_workers", "compile", "precision", "max_minutes")
 )
 
 
@@ -77,6 +78,10 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader workers; 0 loads in the main process (in-memory data sets)
     precision: Precision = "auto"  # auto: bf16 autocast on a GPU that has it, fp32 elsewhere
     compile: bool = False  # torch.compile the heavy modules (GPU only; ignored on CPU)
+    # Stop cleanly (checkpoint, then the script saves its model) once this call has trained this many
+    # minutes; 0: no limit. For machines lent with a hard time limit: --resume continues the run, and
+    # the LR is constant after warmup, so a stop is not a different schedule.
+    max_minutes: float = 0.0
 
     def validate(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.warmup_steps < 0:
@@ -85,6 +90,8 @@ class TrainConfig:
             raise ValueError(f"need lr > 0, weight_decay >= 0, grad_clip >= 0; got {self}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.max_minutes < 0:
+            raise ValueError(f"max_minutes must be >= 0 (0: no limit), got {self.max_minutes}")
         if self.log_every < 1 or self.ckpt_every < 1:
             raise ValueError("log_every and ckpt_every must be at least 1")
 
@@ -401,6 +408,7 @@ class Trainer:
         refresh = 1 if self.device.type == "cpu" else 10  # a .item() per step costs nothing on a CPU
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.is_main, desc=self.out_dir.name)
         for_bar, for_log = _Window(), _Window()
+        deadline = time.perf_counter() + 60.0 * cfg.max_minutes if cfg.max_minutes else math.inf
         while self.step < cfg.steps:
             step_start = time.perf_counter()
             batch = self._to_device(next(batches))
@@ -440,12 +448,32 @@ class Trainer:
                 }
                 self._log(record)
                 self.print(" ".join(f"{k} {v:.4g}" for k, v in record.items()))
-            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+            out_of_time = self._out_of_time(deadline)
+            if self.step % cfg.ckpt_every == 0 or self.step == cfg.steps or out_of_time:
                 self.save_checkpoint()
+            if out_of_time:
+                break
         bar.close()
-        self._log({"event": "done", "step": self.step, "elapsed_s": self.elapsed_s})
+        if self.step < cfg.steps:  # stopped by --max-minutes: not "done", so a recipe knows to resume
+            self._log({"event": "time_limit", "step": self.step, "max_minutes": cfg.max_minutes})
+            self.print(f"--max-minutes {cfg.max_minutes}: stopped at step {self.step} of {cfg.steps}")
+        else:
+            self._log({"event": "done", "step": self.step, "elapsed_s": self.elapsed_s})
         self.accelerator.wait_for_everyone()
         self.model.eval()
+
+    def _out_of_time(self, deadline: float) -> bool:
+        """Past --max-minutes? Every process must stop at the same step: with several, they agree
+        at log steps only (one all-reduce there)."""
+        if deadline == math.inf:
+            return False
+        late = time.perf_counter() > deadline
+        if self.world_size == 1:
+            return late
+        if self.step % self.cfg.log_every:
+            return False
+        flag = torch.tensor(float(late), device=self.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
 
 
 class _Window:

@@ -9,7 +9,8 @@
 # also resumes from its own checkpoint with --resume). Environment: DATA (emoji .npz), RUNS (output
 # root, default runs/<scale>), JOBS (steps run side by side), STAGE (stop after: backbones,
 # tokenizers, generators, export; default: all, then evaluate the export and print the tables),
-# LAMBDAS and DEFAULT_LAM (the λ sweep and the main model's λ).
+# LAMBDAS and DEFAULT_LAM (the λ sweep and the main model's λ), TRAIN_FLAGS (added to every
+# training command, e.g. "--max-minutes 8" on a machine lent for a fixed time).
 #
 # What it makes (the model card's two tables come from the metrics.json files):
 #   backbones/{dino,mae,clip,random}   in-house SSL backbones; features/ a separate one for the FDs
@@ -19,7 +20,8 @@
 #
 # On a lent GPU with no network (what this project gets): carry data/emoji64.npz and the CLIP-style
 # caption cache (runs/<cpu>/backbones/clip/caption_vectors.npz -> $RUNS/backbones/clip/, MiniLM is not
-# there), run `JOBS=4 STAGE=tokenizers bash train/reproduce.sh gpu`, bring back $RUNS/backbones,
+# there), run `JOBS=4 STAGE=tokenizers TRAIN_FLAGS="--max-minutes 8" bash train/reproduce.sh gpu` (a
+# call is 10 minutes at most there; a later call with the same command resumes each run), bring back $RUNS/backbones,
 # $RUNS/features and each tok-*/model (cast to fp16 there if the files must be under 16 MiB), then
 # run the rest here: stage B, export and evaluation need no GPU at this size.
 set -euo pipefail
@@ -30,6 +32,7 @@ DATA=${DATA:-data/emoji64.npz}
 RUNS=${RUNS:-runs/$scale}
 JOBS=${JOBS:-2}
 STAGE=${STAGE:-all}
+read -r -a EXTRA <<<"${TRAIN_FLAGS:-}"
 LAMBDAS=${LAMBDAS:-0 0.1 1 inf}  # the λ sweep; λ = inf is the frozen token, λ = 0 the free one
 DEFAULT_LAM=${DEFAULT_LAM:-1}  # the main model's λ; must be one of LAMBDAS
 case $scale in
@@ -59,10 +62,12 @@ esac
 [[ " $LAMBDAS " == *" $DEFAULT_LAM "* ]] || { echo "DEFAULT_LAM $DEFAULT_LAM is not in LAMBDAS" >&2; exit 2; }
 mkdir -p "$RUNS/logs"
 
-# run NAME DONE_FILE CMD...: skip when DONE_FILE exists, else run with a log, at most JOBS at once.
+# run NAME DONE CMD...: skip when DONE exists (a training run's log.jsonl: when it logged "done", not
+# a --max-minutes stop), else run it with a log, at most JOBS at once.
+finished() { [[ -e $1 ]] && { [[ $1 != *log.jsonl ]] || grep -q '"event": "done"' "$1"; }; }
 run() {
   local name=$1 done_file=$2; shift 2
-  if [[ -e $done_file ]]; then echo "skip  $name ($done_file exists)"; return; fi
+  if finished "$done_file"; then echo "skip  $name (done: $done_file)"; return; fi
   while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n; done
   echo "start $name -> $RUNS/logs/$name.log"
   ( "$@" >"$RUNS/logs/$name.log" 2>&1 && echo "done  $name" || { echo "FAIL  $name (see $RUNS/logs/$name.log)"; exit 1; } ) &
@@ -80,36 +85,38 @@ for b in dino mae clip random; do [[ $b == "$MAIN" ]] || PAIRS+=("$b:$DEFAULT_LA
 # 1. Backbones, and a separate feature network for the Fréchet distances (another seed: none of
 #    the compared backbones measures itself).
 for b in dino mae clip random; do
-  run "backbone-$b" "$RUNS/backbones/$b/backbone.safetensors" \
+  done_file=$RUNS/backbones/$b/log.jsonl
+  [[ $b == random ]] && done_file=$RUNS/backbones/$b/backbone.safetensors  # trains nothing
+  run "backbone-$b" "$done_file" \
     python train/pretrain_backbone.py --method "$b" "${PRE[@]}" --steps "${PRE_STEPS[$b]}" \
-    --data "$DATA" --out "$RUNS/backbones/$b"
+    --data "$DATA" --out "$RUNS/backbones/$b" --resume "${EXTRA[@]}"
 done
-run features "$RUNS/features/backbone.safetensors" \
+run features "$RUNS/features/log.jsonl" \
   python train/pretrain_backbone.py --method "$FEATURES_METHOD" "${PRE[@]}" \
-  --steps "${PRE_STEPS[$FEATURES_METHOD]}" --seed 1 --data "$DATA" --out "$RUNS/features"
+  --steps "${PRE_STEPS[$FEATURES_METHOD]}" --seed 1 --data "$DATA" --out "$RUNS/features" --resume "${EXTRA[@]}"
 finish; stop_after backbones
 
 # 2. Stage A: [cls] embedding + decoder.
 for pair in "${PAIRS[@]}"; do
   b=${pair%%:*} lam=${pair##*:}
-  run "tok-$b-lam$lam" "$(tok "$b" "$lam")/model/config.json" \
+  run "tok-$b-lam$lam" "$(tok "$b" "$lam")/log.jsonl" \
     python train/train_tokenizer.py "${TOK[@]}" --data "$DATA" --backbone "$RUNS/backbones/$b" \
-    --lam "$lam" --out "$(tok "$b" "$lam")"
+    --lam "$lam" --out "$(tok "$b" "$lam")" --resume "${EXTRA[@]}"
 done
 finish; stop_after tokenizers
 
 # 3. Stage B: a class generator per tokenizer (each row's gFD needs one); text for the main model.
 for pair in "${PAIRS[@]}"; do
   b=${pair%%:*} lam=${pair##*:}
-  run "gen-$b-lam$lam" "$(gen "$b" "$lam")/model/config.json" \
+  run "gen-$b-lam$lam" "$(gen "$b" "$lam")/log.jsonl" \
     python train/train_generator.py "${GEN[@]}" --data "$DATA" --tokenizer "$(tok "$b" "$lam")/model" \
-    --cond class --label subcategory --out "$(gen "$b" "$lam")"
+    --cond class --label subcategory --out "$(gen "$b" "$lam")" --resume "${EXTRA[@]}"
 done
 finish
 MAIN_RUN=$RUNS/main
-run main-text "$MAIN_RUN/model/config.json" \
+run main-text "$MAIN_RUN/log.jsonl" \
   python train/train_generator.py "${GEN[@]}" --data "$DATA" \
-  --tokenizer "$(gen "$MAIN" "$DEFAULT_LAM")/model" --cond text --out "$MAIN_RUN"
+  --tokenizer "$(gen "$MAIN" "$DEFAULT_LAM")/model" --cond text --out "$MAIN_RUN" --resume "${EXTRA[@]}"
 finish; stop_after generators
 
 # 4. Export: fp16 weights (each backbone once), the feature network, the manifold. The main model
