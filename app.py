@@ -284,7 +284,9 @@ def build_demo(models: ModelRegistry | None = None, *, manifold_path: Path | Non
         with gr.Tab("Latent manifold", elem_id="tab-latent-manifold"):
             settings = app.manifold_settings()
             with gr.Row():
-                lam = gr.Radio(settings, value=settings[0] if settings else None, label="Cosine weight λ")
+                main_lam = models.entry(None).lam if len(models) else None  # the default model's λ first
+                first = main_lam if main_lam in settings else (settings[0] if settings else None)
+                lam = gr.Radio(settings, value=first, label="Cosine weight λ")
                 man_image = _image_input("Place an image on the map (optional)")
             if examples:
                 gr.Examples(examples, inputs=[man_image], label="Examples")

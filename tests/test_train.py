@@ -92,16 +92,20 @@ def _assert_same_state(a: dict, b: dict) -> None:
             _assert_same_state(a[key], b[key])
 
 
+def _assert_same_checkpoint(run_a: Path, run_b: Path, step: int) -> None:
+    a = torch.load(run_a / "checkpoint.pt", weights_only=True)
+    b = torch.load(run_b / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == step
+    for part in ("model", "ema", "optimizer"):
+        _assert_same_state(a[part], b[part])
+
+
 def test_resume_ends_at_bitwise_the_same_weights(data_dir: Path, tmp_path: Path) -> None:
     base = ["--lam", "0.5", "--ckpt-every", "1"]
     train_tokenizer.main(stage_a_args(data_dir, tmp_path / "straight", *base, "--steps", "6"))
     train_tokenizer.main(stage_a_args(data_dir, tmp_path / "split", *base, "--steps", "3"))
     train_tokenizer.main(stage_a_args(data_dir, tmp_path / "split", *base, "--steps", "6", "--resume"))
-    straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
-    split = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
-    assert straight["step"] == split["step"] == 6
-    for part in ("model", "ema", "optimizer"):
-        _assert_same_state(straight[part], split[part])
+    _assert_same_checkpoint(tmp_path / "straight", tmp_path / "split", step=6)
     for name in ("tokenizer.safetensors", "backbone.safetensors"):
         _assert_same_state(
             load_file(tmp_path / "straight" / "model" / name), load_file(tmp_path / "split" / "model" / name)
@@ -123,11 +127,7 @@ def test_max_minutes_stops_cleanly_and_resume_finishes_the_run(data_dir: Path, t
     assert records[-1] == {"event": "time_limit", "step": 1, "max_minutes": 1e-9}  # and not "done"
     assert RepTok.from_pretrained(tmp_path / "cut" / "model").config.info["steps"] == 1
     train_tokenizer.main(stage_a_args(data_dir, tmp_path / "cut", *base, "--steps", "4", "--resume"))
-    straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
-    cut = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
-    assert straight["step"] == cut["step"] == 4
-    for part in ("model", "ema", "optimizer"):
-        _assert_same_state(straight[part], cut[part])
+    _assert_same_checkpoint(tmp_path / "straight", tmp_path / "cut", step=4)
 
 
 def test_stage_b_resumes_exactly(tokenizer_run: Path, data_dir: Path, tmp_path: Path) -> None:
