@@ -10,13 +10,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from reptok.encoder import BACKBONE_METHODS
 from reptok.manifold import lambda_label
 from reptok.pipeline import RepTok, RepTokConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSET_MODELS = ROOT / "assets" / "models"
 MODELS_ENV = "REPTOK_MODELS_DIR"
-METHOD_ORDER = {"random": 0, "clip": 1, "mae": 2, "dino": 3}  # the paper's backbone table order
+METHOD_ORDER = {method: i for i, method in enumerate(BACKBONE_METHODS)}  # the paper's table order
 
 
 @dataclass

@@ -81,6 +81,16 @@ ENCODER_PRESETS: dict[str, EncoderConfig] = {
 }
 
 
+# The in-house pre-training methods (train/pretrain_backbone.py --method) and what the app and the
+# model card call them, in the paper's backbone-table order: no prior first.
+BACKBONE_METHODS: dict[str, str] = {
+    "random": "random init",
+    "clip": "CLIP-style",
+    "mae": "MAE-style",
+    "dino": "DINO-style",
+}
+
+
 class EncoderOutput(NamedTuple):
     z: Tensor  # (B, 1, D) adapted token
     z_frozen: Tensor | None  # (B, 1, D) token of the original backbone, when computed

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-BACKBONE_ORDER = ("random", "clip", "mae", "dino")  # the paper's table order: no prior first
-METHOD_NAMES = {"dino": "DINO-style", "mae": "MAE-style", "clip": "CLIP-style", "random": "random init"}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reptok.encoder import BACKBONE_METHODS
 
 
 @dataclass
@@ -70,7 +71,7 @@ def _space(rows: Sequence[Row]) -> str:
 
 
 def backbone_table(rows: Sequence[Row], main: Row) -> str:
-    picked = {r.method: r for r in rows if r.lam == main.lam and r.method in BACKBONE_ORDER}
+    picked = {r.method: r for r in rows if r.lam == main.lam and r.method in BACKBONE_METHODS}
     picked[main.method] = main
     lines = [
         f"Backbones at λ = {main.lam:g} (held-out, n = {main.metrics.get('n')}, "
@@ -79,13 +80,13 @@ def backbone_table(rows: Sequence[Row], main: Row) -> str:
         "| backbone | model | PSNR (dB) | SSIM | rFD | gFD | k-NN category / subcategory |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for method in BACKBONE_ORDER:
+    for method, method_name in BACKBONE_METHODS.items():
         r = picked.get(method)
         if r is None:
             continue
         knn = f"{r.knn['category']:.3f} / {r.knn['subcategory']:.3f}" if r.knn else "–"
         lines.append(
-            f"| {METHOD_NAMES[method]} | `{r.name}` | {_num(r.metrics.get('psnr'), 2)} | "
+            f"| {method_name} | `{r.name}` | {_num(r.metrics.get('psnr'), 2)} | "
             f"{_num(r.metrics.get('ssim'), 3)} | {_num(r.fd('rFD'), 4)} | {_num(r.fd('gFD'), 4)} | {knn} |"
         )
     return "\n".join(lines)
@@ -95,7 +96,7 @@ def lambda_table(rows: Sequence[Row], main: Row) -> str:
     sweep = sorted((r for r in rows if r.backbone_sha256 == main.backbone_sha256), key=lambda r: r.lam)
     seen: set[float] = set()
     lines = [
-        f"λ sweep on the {METHOD_NAMES.get(main.method, main.method)} backbone (held-out, "
+        f"λ sweep on the {BACKBONE_METHODS.get(main.method, main.method)} backbone (held-out, "
         f"FDs in {_space(sweep)} features):",
         "",
         "| λ | model | PSNR (dB) | SSIM | rFD | gFD | mean cos to frozen token |",

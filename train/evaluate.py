@@ -92,8 +92,9 @@ def evaluate(
     metrics["ssim"] = float(ssim(recon_t, real).mean())
     metrics["cos_to_frozen"] = float(torch.cat(cos).mean())
     metrics[space.key("rFD")] = space.distance(recon_t, real)
+    train_images = _images(train, range(len(train)))  # (N, 3, S, S): the mean image and the probe's bank
     # The floor any reconstruction should clear: the mean training image, which knows nothing of z.
-    mean_image = _images(train, range(len(train))).mean(0, keepdim=True).expand_as(real)  # (n, 3, S, S)
+    mean_image = train_images.mean(0, keepdim=True).expand_as(real)  # (n, 3, S, S)
     metrics["baseline_mean_image_psnr"] = float(psnr(mean_image, real).mean())
     metrics["baseline_mean_image_ssim"] = float(ssim(mean_image, real).mean())
 
@@ -104,7 +105,7 @@ def evaluate(
             for c in tqdm(_chunks(len(idx), batch_size), desc="class samples")
         ])  # fmt: skip
         metrics[space.key("gFD")] = space.distance(samples, real)
-        bank = torch.from_numpy(space.features(_images(train, range(len(train)))))  # (N, F), unit norm
+        bank = torch.from_numpy(space.features(train_images))  # (N, F), unit norm
         bank_labels = torch.tensor([int(train[i]["label"]) for i in range(len(train))])
         preds = knn_classify(
             bank, bank_labels, torch.from_numpy(space.features(samples)), 20, 0.07, len(train.class_names)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import re
 import shutil
 import sys
 import time
@@ -37,22 +36,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from reptok.encoder import BACKBONE_METHODS
 from reptok.manifold import fit_2d, lambda_label, save_manifold
 from reptok.pipeline import RepTok
 from train.data import build_dataset
 
 LAMBDA_INF = lambda_label(math.inf)
-# What the app calls each in-house pre-training method (train/pretrain_backbone.py --method).
-BACKBONE_NAMES = {"dino": "DINO-style", "mae": "MAE-style", "clip": "CLIP-style", "random": "random init"}
 
 
 def backbone_display(info: dict[str, Any], token_dim: int) -> str:
     """'CLIP-style ViT, 192-d token' from a stage-A info block; the training path is kept apart."""
-    method = info.get("backbone_method")
-    if method is None:  # runs from before backbone_method was recorded: "<folder> (<method>)"
-        match = re.search(r"\((\w+)\)$", str(info.get("backbone", "")))
-        method = match.group(1) if match else None
-    name = BACKBONE_NAMES.get(str(method))
+    name = BACKBONE_METHODS.get(str(info.get("backbone_method")))
     return f"{name} ViT, {token_dim}-d token" if name else str(info.get("backbone", "unknown"))
 
 
