@@ -77,3 +77,12 @@ def test_recipe_prints_both_tables_and_skips_finished_steps(
         ["bash", "train/reproduce.sh", "test"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert again.returncode == 0 and "start " not in again.stdout, again.stdout[-2000:]
+
+
+def test_recipe_stops_at_the_stage_where_a_step_failed(tmp_path: Path) -> None:
+    env = {**os.environ, "DATA": str(tmp_path / "missing.npz"), "RUNS": str(tmp_path / "runs"), "JOBS": "2"}
+    done = subprocess.run(
+        ["bash", "train/reproduce.sh", "test"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 1 and "stopping: a step failed" in done.stderr
+    assert "FAIL  backbone-dino" in done.stdout and "start tok-" not in done.stdout

@@ -68,11 +68,20 @@ finished() { [[ -e $1 ]] && { [[ $1 != *log.jsonl ]] || grep -q '"event": "done"
 run() {
   local name=$1 done_file=$2; shift 2
   if finished "$done_file"; then echo "skip  $name (done: $done_file)"; return; fi
-  while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n; done
+  while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n || true; done  # finish() collects statuses
   echo "start $name -> $RUNS/logs/$name.log"
   ( "$@" >"$RUNS/logs/$name.log" 2>&1 && echo "done  $name" || { echo "FAIL  $name (see $RUNS/logs/$name.log)"; exit 1; } ) &
+  PIDS+=($!)
 }
-finish() { local ok=0; for p in $(jobs -rp); do wait "$p" || ok=1; done; wait || ok=1; return $ok; }
+# finish: wait for every step started since the last finish; stop the recipe if any failed (bash keeps
+# the status of a finished child for `wait PID`, also one that `wait -n` already reaped).
+PIDS=()
+finish() {
+  local failed=0
+  for p in "${PIDS[@]}"; do wait "$p" || failed=1; done
+  PIDS=()
+  (( failed == 0 )) || { echo "stopping: a step failed" >&2; exit 1; }
+}
 stop_after() { [[ $STAGE == "$1" ]] && { echo "stopped after $1 (STAGE=$1)"; exit 0; }; return 0; }
 tok() { echo "$RUNS/tok-$1-lam$2"; }
 gen() { echo "$RUNS/gen-$1-lam$2"; }
