@@ -140,12 +140,24 @@ class ModelRegistry:
                 entry.model = RepTok.from_pretrained(entry.path)
             return entry.model
 
+    def comparable(self) -> ModelEntry:
+        """The default model, or its same-budget twin (same backbone and λ, another folder) where one
+        ships: the default may have trained longer than the ablation runs it would stand beside, and
+        the comparison rows should differ in one thing only."""
+        main = self.entry(None)
+        sha = main.config.backbone_sha256
+        twins = (
+            e for e in self.entries.values()
+            if e is not main and sha and e.config.backbone_sha256 == sha and e.lam == main.lam
+        )  # fmt: skip
+        return next(twins, main)
+
     def backbone_row(self) -> list[ModelEntry]:
-        """One tokenizer per backbone at the default model's λ (the default's own for its backbone),
-        in the paper's order: no prior, then CLIP-, MAE-, DINO-style, then anything else."""
+        """One tokenizer per backbone at the default model's λ (for its backbone: the default, or its
+        same-budget twin), in the paper's order: no prior, then CLIP-, MAE-, DINO-style, then others."""
         if not self.entries:
             return []
-        main = self.entry(None)
+        main = self.comparable()
         row: dict[str, ModelEntry] = {main.method: main}
         for e in self.entries.values():
             if e.lam == main.lam:
@@ -153,10 +165,11 @@ class ModelRegistry:
         return sorted(row.values(), key=lambda e: (METHOD_ORDER.get(e.method, len(METHOD_ORDER)), e.key))
 
     def lambda_row(self) -> list[ModelEntry]:
-        """The tokenizers on the default model's backbone, one per λ, by increasing λ."""
+        """The tokenizers on the default model's backbone, one per λ (at its λ: the default, or its
+        same-budget twin), by increasing λ."""
         if not self.entries:
             return []
-        main = self.entry(None)
+        main = self.comparable()
         sha = main.config.backbone_sha256
         row: dict[str, ModelEntry] = {main.lam: main}
         for e in self.entries.values():

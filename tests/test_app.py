@@ -224,6 +224,11 @@ def test_registry_rows_one_tokenizer_per_backbone_and_per_lambda(model_dir: Path
     assert registry.default == "main" and registry.labels[0] == "main"  # the main model leads
     assert [e.key for e in registry.backbone_row()] == ["d-random-lam1", "main", "b-dino-lam1"]
     assert [e.key for e in registry.lambda_row()] == ["a-clip-lam0", "main", "c-clip-laminf"]
+    # A longer-trained default beside same-budget ablations: its twin (same backbone, same λ) stands in.
+    registry = ModelRegistry([*dirs, make("e-clip-lam1", "clip", "1", "c")])
+    assert registry.default == "main"
+    assert [e.key for e in registry.backbone_row()] == ["d-random-lam1", "e-clip-lam1", "b-dino-lam1"]
+    assert [e.key for e in registry.lambda_row()] == ["a-clip-lam0", "e-clip-lam1", "c-clip-laminf"]
 
 
 # ------------------------------------------------------------------------------- bad inputs

@@ -41,9 +41,9 @@ def test_recipe_exports_every_ablation_row_evaluated(
 ) -> None:
     runs, _ = recipe
     models = runs / "export" / "models"
-    # main (dino, λ = 1) + the λ = inf row + the three other backbones at λ = 1
+    # main (dino, λ = 1, its own longer run) + the λ sweep (1, inf) + the three other backbones at λ = 1
     assert sorted(p.name for p in models.iterdir()) == [
-        "clip-lam1", "dino-laminf", "mae-lam1", "random-lam1", "reptok-emoji"
+        "clip-lam1", "dino-lam1", "dino-laminf", "mae-lam1", "random-lam1", "reptok-emoji"
     ]  # fmt: skip
     for folder in models.iterdir():
         metrics = json.loads((folder / "metrics.json").read_text())
@@ -51,6 +51,9 @@ def test_recipe_exports_every_ablation_row_evaluated(
         assert metrics["feature_space"].startswith("mae-")  # the separate feature network, shipped
     main = json.loads((models / "reptok-emoji" / "config.json").read_text())
     assert main["text_generator"] is not None and main["class_generator"] is not None
+    twin = json.loads((models / "dino-lam1" / "config.json").read_text())
+    assert (main["info"]["steps"], twin["info"]["steps"]) == (6, 4)  # MAIN_TOK vs TOK at this scale
+    assert twin["backbone_sha256"] == main["backbone_sha256"] and twin["text_generator"] is None
     assert main["info"]["backbone"].startswith("DINO-style") and main["info"]["backbone_method"] == "dino"
     # Each distinct backbone is stored once (the λ = inf row shares the main model's; at this scale a
     # 2-step DINO teacher may even round to the random init in fp16), and every reference resolves.
@@ -67,9 +70,10 @@ def test_recipe_prints_both_tables_and_skips_finished_steps(
     recipe: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
     runs, done = recipe
-    assert (
-        "| random init | `random-lam1` |" in done.stdout and "| DINO-style | `reptok-emoji` |" in done.stdout
-    )
+    # Equal budgets in the tables: the main model's same-budget twin fills its rows, the main gets a line.
+    assert "| random init | `random-lam1` |" in done.stdout and "| DINO-style | `dino-lam1` |" in done.stdout
+    assert "| 1 | `dino-lam1` |" in done.stdout and "`reptok-emoji` |" not in done.stdout
+    assert "The default model `reptok-emoji` (same backbone and λ, stage A 6 steps" in done.stdout
     assert "| ∞ (frozen) | `dino-laminf` |" in done.stdout
     # A second call finds every output and redoes nothing.
     env = {**os.environ, "DATA": str(runs.parent / "shapes.npz"), "RUNS": str(runs), "LAMBDAS": "1 inf"}

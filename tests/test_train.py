@@ -83,6 +83,25 @@ def test_lambda_inf_freezes_the_token_and_finite_lambda_moves_it(
     assert torch.equal(frozen["encoder.frozen_cls_token"], moved["encoder.frozen_cls_token"])  # same seed
 
 
+def test_stage_a_starts_from_a_saved_models_backbone_and_original_token(
+    tokenizer_run: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """--backbone <RepTok folder>: the shipped models' SSL backbone, with the [cls] embedding it started
+    from (not its adapted one), so a longer stage A on it is a fresh run on the same backbone."""
+    source = RepTok.from_pretrained(tokenizer_run / "model")
+    args = stage_a_args(
+        data_dir, tmp_path / "again", "--backbone", str(tokenizer_run / "model"), "--steps", "2"
+    )
+    model = RepTok.from_pretrained(train_tokenizer.main([*args, "--lam", "0.25"]))
+    original = source.encoder.frozen_cls_token
+    assert torch.equal(model.encoder.frozen_cls_token, original)  # the anchor is the original token
+    assert not torch.equal(source.encoder.backbone.cls_token, original)  # the source's token had moved
+    assert model.backbone_sha256() == source.backbone_sha256()  # same frozen weights, so stored once
+    assert model.config.encoder.cosine_weight == 0.25
+    assert model.config.info["backbone_method"] == source.config.info["backbone_method"]
+    assert str(tokenizer_run / "model") in model.config.info["backbone"]
+
+
 def _assert_same_state(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for key in a:

@@ -4,8 +4,10 @@
 
 Backbones: one row per pre-training method at the main model's λ (PSNR, SSIM, rFD, gFD, the
 backbone's held-out k-NN accuracy). λ sweep: every model on the main model's backbone (PSNR, SSIM,
-rFD, gFD, mean cos to the frozen token). The Fréchet distances are in the feature space that
-metrics.json names (an in-house backbone's features): they are not FID.
+rFD, gFD, mean cos to the frozen token). Where the main model had a longer run than the ablations
+(train/reproduce.sh cpu), its same-budget twin (same backbone and λ) fills its rows, so each table
+compares equal budgets, and the main model gets a line of its own. The Fréchet distances are in the
+feature space that metrics.json names (an in-house backbone's features): they are not FID.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Row:
     lam: float
     backbone_sha256: str
     knn: dict[str, float] | None
+    steps: int | None  # stage A optimizer steps
     metrics: dict[str, Any]
 
     def fd(self, kind: str) -> float | None:
@@ -55,6 +58,7 @@ def read_rows(export: Path) -> list[Row]:
                 lam=float(config["encoder"]["cosine_weight"]),
                 backbone_sha256=str(config.get("backbone_sha256", "")),
                 knn=info.get("backbone_knn"),
+                steps=info.get("steps"),
                 metrics=json.loads(metrics_path.read_text()),
             )
         )
@@ -70,9 +74,17 @@ def _space(rows: Sequence[Row]) -> str:
     return ", ".join(spaces)
 
 
+def ablation_rows(rows: Sequence[Row], main: Row) -> list[Row]:
+    """The rows the tables compare: the main model only where no same-budget twin stands in for it."""
+    twin = any(
+        r is not main and r.backbone_sha256 == main.backbone_sha256 and r.lam == main.lam for r in rows
+    )
+    return [r for r in rows if not (twin and r is main)]
+
+
 def backbone_table(rows: Sequence[Row], main: Row) -> str:
     picked = {r.method: r for r in rows if r.lam == main.lam and r.method in BACKBONE_METHODS}
-    picked[main.method] = main
+    picked.setdefault(main.method, main)
     lines = [
         f"Backbones at λ = {main.lam:g} (held-out, n = {main.metrics.get('n')}, "
         f"FDs in {_space(list(picked.values()))} features):",
@@ -114,6 +126,22 @@ def lambda_table(rows: Sequence[Row], main: Row) -> str:
     return "\n".join(lines)
 
 
+def main_line(main: Row) -> str:
+    """The default model, trained longer than the rows it stands beside."""
+    m = main.metrics
+    text = ", ".join(
+        f"{name} {_num(value, digits)}"
+        for name, value, digits in [
+            ("PSNR", m.get("psnr"), 2), ("SSIM", m.get("ssim"), 3), ("rFD", main.fd("rFD"), 4),
+            ("gFD", main.fd("gFD"), 4), ("mean cos to frozen token", m.get("cos_to_frozen"), 5),
+        ]
+    )  # fmt: skip
+    return (
+        f"The default model `{main.name}` (same backbone and λ, stage A {main.steps} steps instead of the "
+        f"rows' budget): {text}."
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("export", type=Path, help="a folder with models/<name>/{config,metrics}.json")
@@ -123,7 +151,10 @@ def main(argv: Sequence[str] | None = None) -> str:
     main_row = next((r for r in rows if r.name == args.main), None)
     if main_row is None:
         sys.exit(f"no evaluated model named {args.main!r} in {args.export / 'models'}")
-    text = backbone_table(rows, main_row) + "\n\n" + lambda_table(rows, main_row)
+    compared = ablation_rows(rows, main_row)
+    text = backbone_table(compared, main_row) + "\n\n" + lambda_table(compared, main_row)
+    if main_row not in compared:
+        text += "\n\n" + main_line(main_row)
     base = main_row.metrics
     if "baseline_mean_image_psnr" in base:
         text += (

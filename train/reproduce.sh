@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every command that makes the shipped emoji models, in order, at one scale:
 #
-#   bash train/reproduce.sh cpu     2 CPU cores (what assets/ holds now), ~2 h with JOBS=2
+#   bash train/reproduce.sh cpu     2 CPU cores (what assets/ holds now), ~4 h with JOBS=2
 #   bash train/reproduce.sh gpu     one GPU: the gpu-* presets, the λ sweep and backbone runs side by side
 #   bash train/reproduce.sh test    tiny presets, seconds (tests/test_reproduce.py)
 #
@@ -15,8 +15,11 @@
 # What it makes (the model card's two tables come from the metrics.json files):
 #   backbones/{dino,mae,clip,random}   in-house SSL backbones; features/ a separate one for the FDs
 #   tok-<backbone>-lam<λ>              stage A: λ sweep on the main backbone, the others at the default λ
-#   gen-<backbone>-lam<λ>              stage B: class generator (subcategories) per tokenizer, and the
-#                                      main one's text generator; each with metrics.json
+#   gen-<backbone>-lam<λ>              stage B: class generator (subcategories) per tokenizer
+#   tok-main, gen-main                 the default model's own stage A and class generator, where the
+#                                      scale gives it a longer preset than the ablations (cpu); else the
+#                                      ablation run on the main backbone at the default λ is the default
+#   main                               the default model's text generator; export/ what ships
 #
 # On a lent GPU with no network (what this project gets): carry data/emoji64.npz and the CLIP-style
 # caption cache (runs/<cpu>/backbones/clip/caption_vectors.npz -> $RUNS/backbones/clip/, MiniLM is not
@@ -40,20 +43,23 @@ case $scale in
     # Only the CLIP-style method learns within CPU minutes (k-NN 0.61 vs random's 0.48), so at this
     # scale it is the main backbone; DINO-style needs the GPU.
     MAIN=clip
-    PRE=(--preset cpu-s) TOK=(--preset cpu-xs) GEN=(--preset cpu-xs) EVAL=() SHIP_STEPS=8
+    # The ablation rows get equal, short budgets (cpu-xs); the default model gets both cores' worth.
+    PRE=(--preset cpu-s) TOK=(--preset cpu-xs) MAIN_TOK=(--preset cpu-main) GEN=(--preset cpu-xs)
+    EVAL=() SHIP_STEPS=8
     declare -A PRE_STEPS=([dino]=150 [mae]=400 [clip]=300 [random]=0)
     FEATURES_METHOD=clip
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((2 / JOBS > 0 ? 2 / JOBS : 1))}
     ;;
   gpu)
     MAIN=dino
-    PRE=(--preset gpu-s) TOK=(--preset gpu-b) GEN=(--preset gpu-b) EVAL=() SHIP_STEPS=8
+    PRE=(--preset gpu-s) TOK=(--preset gpu-b) MAIN_TOK=("${TOK[@]}") GEN=(--preset gpu-b) EVAL=() SHIP_STEPS=8
     declare -A PRE_STEPS=([dino]=3000 [mae]=6000 [clip]=2500 [random]=0)
     FEATURES_METHOD=dino
     ;;
   test)
     MAIN=dino
-    PRE=(--preset test) TOK=(--preset test) GEN=(--preset test) EVAL=(--n 8) SHIP_STEPS=2
+    PRE=(--preset test) TOK=(--preset test) MAIN_TOK=(--preset test --steps 6) GEN=(--preset test)
+    EVAL=(--n 8) SHIP_STEPS=2
     declare -A PRE_STEPS=([dino]=2 [mae]=2 [clip]=2 [random]=0)
     FEATURES_METHOD=mae
     ;;
@@ -85,6 +91,13 @@ finish() {
 stop_after() { [[ $STAGE == "$1" ]] && { echo "stopped after $1 (STAGE=$1)"; exit 0; }; return 0; }
 tok() { echo "$RUNS/tok-$1-lam$2"; }
 gen() { echo "$RUNS/gen-$1-lam$2"; }
+# The default model: its own stage A run when its preset differs from the ablations', else the ablation
+# run on the main backbone at the default λ.
+if [[ "${MAIN_TOK[*]}" != "${TOK[*]}" ]]; then
+  OWN_MAIN=1 MAIN_TOK_RUN=$RUNS/tok-main MAIN_GEN_RUN=$RUNS/gen-main
+else
+  OWN_MAIN=0 MAIN_TOK_RUN=$(tok "$MAIN" "$DEFAULT_LAM") MAIN_GEN_RUN=$(gen "$MAIN" "$DEFAULT_LAM")
+fi
 
 # The runs: the λ sweep on the main backbone, the other backbones at the default λ.
 PAIRS=()
@@ -105,7 +118,13 @@ run features "$RUNS/features/log.jsonl" \
   --steps "${PRE_STEPS[$FEATURES_METHOD]}" --seed 1 --data "$DATA" --out "$RUNS/features" --resume "${EXTRA[@]}"
 finish; stop_after backbones
 
-# 2. Stage A: [cls] embedding + decoder.
+# 2. Stage A: [cls] embedding + decoder. The default model's own (longest) run first, so the shorter
+#    ablation runs share the machine with it instead of waiting.
+if (( OWN_MAIN )); then
+  run tok-main "$MAIN_TOK_RUN/log.jsonl" \
+    python train/train_tokenizer.py "${MAIN_TOK[@]}" --data "$DATA" --backbone "$RUNS/backbones/$MAIN" \
+    --lam "$DEFAULT_LAM" --out "$MAIN_TOK_RUN" --resume "${EXTRA[@]}"
+fi
 for pair in "${PAIRS[@]}"; do
   b=${pair%%:*} lam=${pair##*:}
   run "tok-$b-lam$lam" "$(tok "$b" "$lam")/log.jsonl" \
@@ -121,19 +140,25 @@ for pair in "${PAIRS[@]}"; do
     python train/train_generator.py "${GEN[@]}" --data "$DATA" --tokenizer "$(tok "$b" "$lam")/model" \
     --cond class --label subcategory --out "$(gen "$b" "$lam")" --resume "${EXTRA[@]}"
 done
+if (( OWN_MAIN )); then
+  run gen-main "$MAIN_GEN_RUN/log.jsonl" \
+    python train/train_generator.py "${GEN[@]}" --data "$DATA" --tokenizer "$MAIN_TOK_RUN/model" \
+    --cond class --label subcategory --out "$MAIN_GEN_RUN" --resume "${EXTRA[@]}"
+fi
 finish
 MAIN_RUN=$RUNS/main
 run main-text "$MAIN_RUN/log.jsonl" \
   python train/train_generator.py "${GEN[@]}" --data "$DATA" \
-  --tokenizer "$(gen "$MAIN" "$DEFAULT_LAM")/model" --cond text --out "$MAIN_RUN" --resume "${EXTRA[@]}"
+  --tokenizer "$MAIN_GEN_RUN/model" --cond text --out "$MAIN_RUN" --resume "${EXTRA[@]}"
 finish; stop_after generators
 
 # 4. Export: fp16 weights (each backbone once), the feature network, the manifold. The main model
-#    first (the app's default), then every ablation row.
+#    first (the app's default), then every ablation row (with its own run on the main backbone at the
+#    default λ, when the default model had a longer one).
 EXPORT=(--model "reptok-emoji=$MAIN_RUN/model")
 for pair in "${PAIRS[@]}"; do
   b=${pair%%:*} lam=${pair##*:}
-  [[ $b == "$MAIN" && $lam == "$DEFAULT_LAM" ]] && continue
+  [[ $OWN_MAIN == 0 && $b == "$MAIN" && $lam == "$DEFAULT_LAM" ]] && continue
   EXPORT+=(--model "$b-lam$lam=$(gen "$b" "$lam")/model")
 done
 run export "$RUNS/export/manifold.npz" \

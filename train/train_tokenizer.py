@@ -8,8 +8,9 @@ Loss: flow_loss(decoder velocity given z) + λ·(1 − cos(z, z_frozen)), the en
 --lam inf freezes the token (the pure SSL code); only the decoder trains then.
 
 --backbone is a timm model name (random weights, or the hub's with --pretrained where it is
-reachable; its shape comes from --encoder) or an in-house backbone folder from
-train/pretrain_backbone.py (backbone.safetensors + config.json). --space vae runs the flow in the
+reachable; its shape comes from --encoder), an in-house backbone folder from
+train/pretrain_backbone.py (backbone.safetensors + config.json), or a saved RepTok model folder
+(assets/models/reptok-emoji: its SSL backbone with the original [cls] embedding). --space vae runs the flow in the
 latent space of a diffusers AutoencoderKL: --vae is a hub name, a saved folder, or a .json config
 (random weights: tests).
 
@@ -92,6 +93,21 @@ PRESETS: dict[str, TokenizerPreset] = {
             ema_decay=0.998,
         ),
     ),
+    # 2 CPU cores, the default model alone: the cpu-xs run with both cores and ~6x the steps (~85 min), so the
+    # shipped reconstructions get what the machine can give one model (the ablations stay at cpu-xs).
+    "cpu-main": TokenizerPreset(
+        encoder="vit-s8-64px",
+        decoder=DECODER_PRESETS["xs8-64px"],
+        train=TrainConfig(
+            steps=5000,
+            batch_size=32,
+            lr=5e-4,
+            warmup_steps=100,
+            log_every=100,
+            ckpt_every=500,
+            ema_decay=0.999,
+        ),
+    ),
     # One H100, bf16, the seven runs of train/reproduce.sh side by side (estimated, not yet run). The
     # xs8 decoder again: seven of them ship, so the GPU's budget goes into steps, not width.
     "gpu-b": TokenizerPreset(
@@ -151,6 +167,8 @@ def build_encoder(
     """Encoder, where its weights came from, and what pre-training said of it: {"method": dino/mae/
     clip/random/timm, "knn": held-out k-NN accuracies or None}."""
     folder = Path(backbone)
+    if is_reptok_model(folder):
+        return encoder_from_model(folder, lam)
     if folder.is_dir():
         encoder, meta = load_encoder(folder, cosine_weight=lam)
         method = str(meta.get("method", "unknown method"))
@@ -173,6 +191,26 @@ def build_encoder(
             "knn": None,
         },
     )
+
+
+def is_reptok_model(folder: Path) -> bool:
+    config = folder / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("format") == "reptok"
+
+
+def encoder_from_model(folder: Path, lam: float) -> tuple[Encoder, str, dict[str, Any]]:
+    """The SSL backbone of a saved RepTok model (e.g. a shipped one in assets/models), with its
+    original [cls] embedding: what the model's own stage A started from, not its adapted token."""
+    model = RepTok.from_pretrained(folder)
+    encoder = model.encoder
+    encoder.config = encoder.config.replace(cosine_weight=lam)
+    with torch.no_grad():
+        encoder.backbone.cls_token.copy_(encoder.frozen_cls_token)
+    encoder.freeze()  # the cls embedding trains again unless λ = inf
+    info = model.config.info
+    source = info.get("backbone_source") or info.get("backbone", "unknown")
+    about = {"method": str(info.get("backbone_method", "unknown method")), "knn": info.get("backbone_knn")}
+    return encoder, f"{folder} backbone <- {source} ({about['method']})", about
 
 
 def build_image_space(space: str, vae: str | None) -> tuple[ImageSpace, ImageSpaceConfig, int, int]:
