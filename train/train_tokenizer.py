@@ -10,9 +10,9 @@ Loss: flow_loss(decoder velocity given z) + λ·(1 − cos(z, z_frozen)), the en
 --backbone is a timm model name (random weights, or the hub's with --pretrained where it is
 reachable; its shape comes from --encoder), an in-house backbone folder from
 train/pretrain_backbone.py (backbone.safetensors + config.json), or a saved RepTok model folder
-(assets/models/reptok-emoji: its SSL backbone with the original [cls] embedding). --space vae runs the flow in the
-latent space of a diffusers AutoencoderKL: --vae is a hub name, a saved folder, or a .json config
-(random weights: tests).
+(assets/models/reptok-emoji: its SSL backbone with the original [cls] embedding). --space vae runs
+the flow in the latent space of a diffusers AutoencoderKL: --vae is a hub name, a saved folder, or
+a .json config (random weights: tests).
 
 Writes OUT/checkpoint.pt (resume with --resume), OUT/log.jsonl, OUT/run_config.json and, at the
 end, the EMA weights as a RepTok model folder OUT/model (load with RepTok.from_pretrained).
@@ -93,8 +93,8 @@ PRESETS: dict[str, TokenizerPreset] = {
             ema_decay=0.998,
         ),
     ),
-    # 2 CPU cores, the default model alone: the cpu-xs run with both cores and ~6x the steps (~85 min), so the
-    # shipped reconstructions get what the machine can give one model (the ablations stay at cpu-xs).
+    # 2 CPU cores, the default model alone: the cpu-xs run with ~6x the steps (97 min on both cores), so
+    # the shipped reconstructions get what the machine can give one model (the ablations stay at cpu-xs).
     "cpu-main": TokenizerPreset(
         encoder="vit-s8-64px",
         decoder=DECODER_PRESETS["xs8-64px"],
@@ -210,7 +210,7 @@ def encoder_from_model(folder: Path, lam: float) -> tuple[Encoder, str, dict[str
     info = model.config.info
     source = info.get("backbone_source") or info.get("backbone", "unknown")
     about = {"method": str(info.get("backbone_method", "unknown method")), "knn": info.get("backbone_knn")}
-    return encoder, f"{folder} backbone <- {source} ({about['method']})", about
+    return encoder, f"{folder} backbone <- {source}", about  # source names the method already
 
 
 def build_image_space(space: str, vae: str | None) -> tuple[ImageSpace, ImageSpaceConfig, int, int]:
