@@ -18,6 +18,7 @@ import torch
 from gradio.data_classes import ImageData
 
 from app_parts.handlers import MAX_IMAGES, MAX_PROMPT_CHARS, Explorer
+from app_parts.imaging import HELD_OUT_HELP
 from app_parts.registry import MODELS_ENV, NO_MODEL_MESSAGE, ModelRegistry
 
 __all__ = ["CSS", "ModelRegistry", "build_demo"]
@@ -35,6 +36,7 @@ CSS = """
 /* Gradio shrinks a gallery's grid to its item count, so one image would fill the whole row. */
 .cols-4 .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important; }
 .cols-8 .grid-container { grid-template-columns: repeat(8, minmax(0, 1fr)) !important; }
+.help-text { font-size: 0.85em; opacity: 0.8; }
 """
 
 
@@ -195,6 +197,7 @@ def build_demo(models: ModelRegistry | None = None, *, manifold_path: Path | Non
                 )
                 heat = gr.Image(label="Absolute error", format="png", interactive=False, height=256)
             summary = gr.Markdown()
+            gr.Markdown(HELD_OUT_HELP, elem_classes="help-text")  # the held-out line's terms
             variations = _gallery("Variations: the same token, 4 decoder seeds")
             if examples:
                 gr.Examples(examples, inputs=[image], label="Examples")

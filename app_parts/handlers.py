@@ -111,6 +111,8 @@ class Explorer:
             f"**PSNR** {psnr:.2f} dB · **SSIM** {ssim:.3f} · **cos(z, z_frozen)** {cosine:.3f}\n\n"
             f"{imaging.token_size_text(model.token_dim, model.image_size)}"
         )
+        if held_out := imaging.held_out_text(self.models.entry(model_label).metrics):
+            summary += f"\n\n{held_out}"  # the model itself, measured by train/evaluate.py
         return original, recon, imaging.error_heatmap(original, recon), summary
 
     @friendly_errors

@@ -1,12 +1,15 @@
-"""Image helpers for the app: error heat map, PSNR/SSIM, GIF, input validation. No Gradio here."""
+"""Image helpers for the app: error heat map, PSNR/SSIM, GIF, input validation, and the text that
+sums up a model's held-out metrics. No Gradio here."""
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +69,73 @@ def token_size_text(token_dim: int, image_size: int) -> str:
         f"1 token × {token_dim} floats = {4 * token_dim:,} bytes (fp32), "
         f"vs {image_size}×{image_size}×3 = {pixels:,} bytes of pixels ({pixels / (4 * token_dim):.1f}× smaller)"
     )
+
+
+# What the held-out line's less familiar numbers mean; shown once in the Reconstruct tab.
+HELD_OUT_HELP = (
+    "In the held-out line, *identification* is the share of held-out emoji whose one-token "
+    "reconstruction is closer (pixel MSE) to its own original than to any other held-out one; "
+    "chance is 1/n. The *ridge probe* is a linear map tokens → pixels fit on the training emoji and "
+    "scored on the held-out ones: what the token itself carries, without the decoder."
+)
+
+
+def _finite(metrics: Mapping[str, object], key: str) -> float | None:
+    """metrics[key] as a float if it is a finite number; None if missing, NaN, or not a number."""
+    value = metrics.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _percent(share: float) -> str:
+    """0.62 -> "62 %", 1/579 -> "0.2 %": whole percent, one significant digit below 1 %."""
+    pct = 100 * share
+    return f"{pct:.0f} %" if pct >= 1 or pct == 0 else f"{pct:.1g} %"
+
+
+def held_out_text(metrics: Mapping[str, object]) -> str:
+    """One line about a model measured on held-out emoji, from its metrics.json (train/evaluate.py);
+    keys that are missing or not finite are left out, and "" when nothing is measured. E.g.
+    "Held-out emoji (n = 579, 8 steps): identification 62 % (chance 0.2 %) · 16.1 dB · SSIM 0.52 ·
+    ridge probe 15.9 dB / 51 % · token effective rank 12 of 192 · unseen style (fluent, n = 177):
+    58 % · 15.2 dB"."""
+    get = functools.partial(_finite, metrics)
+    n = get("n")
+    parts: list[str] = []
+    if (ident := get("identification")) is not None:
+        chance = get("identification_chance")
+        chance = chance if chance is not None else (1 / n if n else None)  # 1/n by definition
+        parts.append(
+            f"identification {_percent(ident)}" + (f" (chance {_percent(chance)})" if chance else "")
+        )
+    if (psnr := get("psnr")) is not None:
+        parts.append(f"{psnr:.1f} dB")
+    if (ssim := get("ssim")) is not None:
+        parts.append(f"SSIM {ssim:.2f}")
+    probe_psnr, probe_ident = get("ridge_probe_psnr"), get("ridge_probe_identification")
+    probe = [f"{probe_psnr:.1f} dB"] if probe_psnr is not None else []
+    probe += [_percent(probe_ident)] if probe_ident is not None else []
+    if probe:
+        parts.append("ridge probe " + " / ".join(probe))
+    if (rank := get("token_effective_rank")) is not None:
+        dim = get("token_dim")
+        parts.append(f"token effective rank {rank:.0f}" + (f" of {dim:.0f}" if dim else ""))
+    unseen_ident, unseen_psnr = get("unseen_style_identification"), get("unseen_style_psnr")
+    unseen = [_percent(unseen_ident)] if unseen_ident is not None else []
+    unseen += [f"{unseen_psnr:.1f} dB"] if unseen_psnr is not None else []
+    if unseen:
+        style = metrics.get("unseen_style")  # a list of style names (or one name)
+        styles = [style] if isinstance(style, str) else style if isinstance(style, list) else []
+        about = [", ".join(map(str, styles))] if styles else []
+        about += [f"n = {unseen_n:.0f}"] if (unseen_n := get("unseen_style_n")) is not None else []
+        parts.append("unseen style" + (f" ({', '.join(about)})" if about else "") + ": " + " · ".join(unseen))
+    if not parts:
+        return ""
+    steps = get("decode_steps")
+    about = [f"n = {n:.0f}"] if n is not None else []
+    about += [f"{steps:.0f} steps"] if steps is not None else []
+    return "Held-out emoji" + (f" ({', '.join(about)})" if about else "") + ": " + " · ".join(parts)
 
 
 def request_dir() -> Path:

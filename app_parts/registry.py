@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import threading
@@ -14,6 +15,7 @@ from reptok.encoder import BACKBONE_METHODS
 from reptok.manifold import lambda_label
 from reptok.pipeline import RepTok, RepTokConfig
 
+log = logging.getLogger("reptok.app")
 ROOT = Path(__file__).resolve().parents[1]
 ASSET_MODELS = ROOT / "assets" / "models"
 MODELS_ENV = "REPTOK_MODELS_DIR"
@@ -28,6 +30,7 @@ class ModelEntry:
     path: Path
     config: RepTokConfig
     model: RepTok | None = None
+    metrics: dict[str, object] = field(default_factory=dict)  # its metrics.json, read with the model
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -68,6 +71,20 @@ class ModelEntry:
                     for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
                         total += math.prod(f.get_slice(key).get_shape())
         return total
+
+
+def read_metrics(folder: Path) -> dict[str, object]:
+    """A model folder's metrics.json (train/evaluate.py), or {} if it has none or it cannot be read:
+    the numbers are shown beside the model, never needed to use it."""
+    path = folder / "metrics.json"
+    if not path.is_file():
+        return {}
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        log.warning("ignoring %s: %s", path, err)
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
 
 
 def _model_dirs(root: Path) -> list[Path]:
@@ -138,6 +155,7 @@ class ModelRegistry:
         with entry.lock:  # one load per model, even if two requests ask at once
             if entry.model is None:
                 entry.model = RepTok.from_pretrained(entry.path)
+                entry.metrics = read_metrics(entry.model.source or entry.path)
             return entry.model
 
     def comparable(self) -> ModelEntry:

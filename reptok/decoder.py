@@ -68,6 +68,12 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
     # 2 CPU cores, several runs in one session: 65 tokens of width 256 (5.4 M parameters, 0.6 s per
     # training step of 32 on one core), small enough to ship one per ablation row.
     "xs8-64px": DecoderConfig(token_dim=384, input_size=64, patch_size=8, width=256, depth=4, head_dim=64),
+    # 2 CPU cores, in the latent space of the in-house 4-channel VAE (64 px -> 16×16×4): 2×2 latent
+    # patches, so the same 65 tokens of width 256 as xs8-64px (5.4 M parameters); what every shipped
+    # emoji tokenizer uses.
+    "xs2-latent16": DecoderConfig(
+        token_dim=192, in_channels=4, input_size=16, patch_size=2, width=256, depth=4, head_dim=64
+    ),
     # The official ImageNet-256 decoder: SD-VAE latents 4×32×32, 2×2 patches, DINOv2-B token.
     "reptok-xl-imagenet256": DecoderConfig(
         token_dim=768,

@@ -88,6 +88,7 @@ BACKBONE_METHODS: dict[str, str] = {
     "clip": "CLIP-style",
     "mae": "MAE-style",
     "dino": "DINO-style",
+    "dae": "DAE-style",
 }
 
 

@@ -6,181 +6,34 @@
     samples = model.sample(labels=["Food & Drink"] * 4, cfg_scale=2.0)
     frames = model.decode(model.interpolate(z_a, z_b, torch.linspace(0, 1, 8)), seed=0)
 
-On disk (config.json + fp16 safetensors, loaded with strict key checks):
-
-    config.json                    every component's config, plain types
-    backbone.safetensors           the frozen ViT weights; models that share a backbone
-                                   reference one file (config "backbone_file") instead of copying it
-    tokenizer.safetensors          the adapted [cls] embedding, its frozen original, the decoder
-    class_generator.safetensors    optional
-    text_generator.safetensors     optional
-    vae/                           optional, a diffusers AutoencoderKL folder (unless a hub name)
+The folder's format (config.json + fp16 safetensors, a shared backbone and VAE stored once) is
+`reptok.storage`; the config, `reptok.model_config`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from reptok.config import Config
-from reptok.decoder import Decoder, DecoderConfig, ImageSpace, ImageSpaceConfig
-from reptok.encoder import Encoder, EncoderConfig
-from reptok.generator import MixerGenerator, MixerGeneratorConfig, TextGenerator, TextGeneratorConfig
-from reptok.images import to_rgb
+from reptok import storage
+from reptok.decoder import Decoder, ImageSpace
+from reptok.encoder import Encoder
+from reptok.generator import MixerGenerator, TextGenerator
+from reptok.image_tensors import ImageInput, to_model_input, to_pil
+from reptok.model_config import FORMAT_VERSION, RepTokConfig, SamplingConfig
 from reptok.sampling import ProgressFn, Sampler, guided, integrate, seeded_noise
-from reptok.text import FrozenTextEncoder, TextEncoderConfig
+from reptok.text import FrozenTextEncoder
 
-FORMAT_VERSION = 1
-ImageInput = Image.Image | Sequence[Image.Image] | Tensor
+# RepTokConfig and SamplingConfig have always been imported from here; they stay importable.
+__all__ = ["FORMAT_VERSION", "ImageInput", "OutputType", "RepTok", "RepTokConfig", "SamplingConfig"]
+
 OutputType = Literal["pil", "pt"]
-
-
-@dataclass
-class SamplingConfig(Config):
-    """Defaults for inference; every call can override them."""
-
-    decode_steps: int = 25  # decoder flow steps
-    decode_sampler: Sampler = "euler"
-    decode_shift: float = 1.0  # time-grid shift (sampling.time_grid)
-    generate_steps: int = 50  # generator flow steps (cheap: one token)
-    generate_sampler: Sampler = "euler"
-    cfg_scale: float = 1.5
-    cfg_interval: tuple[float, float] = (0.3, 0.9)
-
-
-@dataclass
-class RepTokConfig:
-    encoder: EncoderConfig
-    decoder: DecoderConfig
-    image_space: ImageSpaceConfig = field(default_factory=ImageSpaceConfig)
-    class_generator: MixerGeneratorConfig | None = None
-    text_generator: TextGeneratorConfig | None = None
-    text_encoder: TextEncoderConfig | None = None
-    class_names: list[str] | None = None  # names of the class generator's labels, in id order
-    # Coarser labels as unions of classes, e.g. emoji category -> its subcategories: sampling a
-    # group draws one member class per sample, so one generator serves both levels.
-    class_groups: dict[str, list[str]] | None = None
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    backbone_file: str = "backbone.safetensors"  # relative to the model folder
-    backbone_sha256: str | None = None  # of the stored backbone; checked on load
-    info: dict[str, Any] = field(default_factory=dict)  # free-form: name, data, training notes
-
-    _PARTS: ClassVar[dict[str, type[Config]]] = {
-        "encoder": EncoderConfig,
-        "decoder": DecoderConfig,
-        "image_space": ImageSpaceConfig,
-        "class_generator": MixerGeneratorConfig,
-        "text_generator": TextGeneratorConfig,
-        "text_encoder": TextEncoderConfig,
-        "sampling": SamplingConfig,
-    }
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"format": "reptok", "format_version": FORMAT_VERSION}
-        for name in self._PARTS:
-            part = getattr(self, name)
-            out[name] = None if part is None else part.to_dict()
-        out |= {
-            "class_names": self.class_names,
-            "class_groups": self.class_groups,
-            "backbone_file": self.backbone_file,
-            "backbone_sha256": self.backbone_sha256,
-            "info": self.info,
-        }
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RepTokConfig:
-        data = dict(data)
-        if data.pop("format", "reptok") != "reptok":
-            raise ValueError("config.json is not a RepTok model config")
-        version = data.pop("format_version", FORMAT_VERSION)
-        if version > FORMAT_VERSION:
-            raise ValueError(
-                f"model format {version} is newer than this library ({FORMAT_VERSION}); upgrade reptok"
-            )
-        kwargs: dict[str, Any] = {}
-        for name, part_cls in cls._PARTS.items():
-            if data.get(name) is not None:
-                kwargs[name] = part_cls.from_dict(data.pop(name))
-            else:
-                data.pop(name, None)
-        unknown = set(data) - {"class_names", "class_groups", "backbone_file", "backbone_sha256", "info"}
-        if unknown:
-            raise ValueError(f"unknown keys in config.json: {sorted(unknown)}")
-        return cls(**kwargs, **data)
-
-
-def _state_sha256(state: dict[str, Tensor]) -> str:
-    h = hashlib.sha256()
-    for key in sorted(state):
-        h.update(key.encode())
-        h.update(state[key].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _storage(key: str, value: Tensor, dtype: torch.dtype) -> Tensor:
-    """A tensor as it is written: floats in `dtype`, except the [cls] embeddings, kept in fp32.
-
-    A ViT's cls embedding can be ~1e-6 at initialisation: subnormal in fp16, where it would keep
-    only a few bits, and it is the whole of what stage A learns (D numbers: fp32 costs nothing).
-    """
-    value = value.detach().cpu().contiguous()
-    if not value.is_floating_point():
-        return value
-    return value.float() if key.endswith("cls_token") else value.to(dtype)
-
-
-def _backbone_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """A stored backbone without its cls embedding: the tokenizer file holds the adapted one."""
-    return {k: v for k, v in state.items() if k != "cls_token"}
-
-
-def _load_into(module: nn.Module, state: dict[str, Tensor], what: str) -> None:
-    """Strict load with a message that names the first problem."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        first = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
-        raise ValueError(
-            f"{what}: weights do not match the config ({len(missing)} missing, "
-            f"{len(unexpected)} unexpected keys; first: {first})"
-        )
-    for key, value in state.items():
-        if value.shape != own[key].shape:
-            raise ValueError(
-                f"{what}: {key!r} has shape {tuple(value.shape)}, the config needs {tuple(own[key].shape)}"
-            )
-    module.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
-
-
-def _build_vae(config: ImageSpaceConfig, root: Path | None) -> nn.Module | None:
-    if config.kind != "vae":
-        return None
-    from diffusers import AutoencoderKL
-
-    if config.vae is not None:
-        local = root / config.vae if root is not None else None
-        source = str(local) if local is not None and local.is_dir() else config.vae
-        return AutoencoderKL.from_pretrained(source)
-    if config.vae_config is not None:
-        return AutoencoderKL.from_config(config.vae_config)  # random weights: tests, or stage A from scratch
-    raise ValueError(
-        "image_space.kind='vae' needs image_space.vae (name or folder) or image_space.vae_config"
-    )
 
 
 class RepTok:
@@ -216,7 +69,7 @@ class RepTok:
             raise ValueError(
                 f"decoder.token_dim {config.decoder.token_dim} != encoder token size {encoder.dim}"
             )
-        image_space = ImageSpace(config.image_space, _build_vae(config.image_space, root))
+        image_space = ImageSpace(config.image_space, storage.build_vae(config.image_space, root))
         class_gen = MixerGenerator(config.class_generator) if config.class_generator else None
         text_gen = TextGenerator(config.text_generator) if config.text_generator else None
         return cls(config, encoder, Decoder(config.decoder), image_space, class_gen, text_gen)
@@ -233,63 +86,35 @@ class RepTok:
             parts["text_encoder"] = self._text_encoder
         return parts
 
-    def _weight_files(self) -> dict[str, dict[str, Tensor]]:
-        backbone = {k: v for k, v in self.encoder.backbone.state_dict().items() if k != "cls_token"}
-        tokenizer = {
-            "encoder.cls_token": self.encoder.backbone.cls_token.data,
-            "encoder.frozen_cls_token": self.encoder.frozen_cls_token,
-        } | {f"decoder.{k}": v for k, v in self.decoder.state_dict().items()}
-        files = {"backbone": backbone, "tokenizer": tokenizer}
-        if self.class_generator is not None:
-            files["class_generator"] = self.class_generator.state_dict()
-        if self.text_generator is not None:
-            files["text_generator"] = self.text_generator.state_dict()
-        return files
-
     def backbone_sha256(self, dtype: torch.dtype = torch.float16) -> str:
         """The content hash of the backbone as `save_pretrained(dtype=...)` stores it (and checks it
         on load): equal hashes mean one stored file can serve both models."""
-        state = self._weight_files()["backbone"]
-        return _state_sha256({k: _storage(k, v, dtype) for k, v in state.items()})
+        return storage.state_sha256(storage.stored_state(storage.weight_files(self)["backbone"], dtype))
+
+    def vae_sha256(self, dtype: torch.dtype = torch.float16) -> str | None:
+        """The content hash of the VAE as `save_pretrained(dtype=...)` stores it in vae/ (None when
+        no VAE is stored: pixel space, or a hub name): equal hashes mean one folder serves both."""
+        vae = storage.stored_vae(self)
+        return None if vae is None else storage.state_sha256(storage.stored_state(vae.state_dict(), dtype))
 
     def save_pretrained(
-        self, path: str | os.PathLike, *, dtype: torch.dtype = torch.float16, backbone_file: str | None = None
+        self,
+        path: str | os.PathLike,
+        *,
+        dtype: torch.dtype = torch.float16,
+        backbone_file: str | None = None,
+        vae_folder: str | None = None,
     ) -> Path:
-        """Write config.json + safetensors. `backbone_file`: an already-saved backbone.safetensors
-        (a path relative to `path`, e.g. "../dino/backbone.safetensors") to reference instead of
-        copying; its content must equal this model's backbone."""
-        root = Path(path)
-        root.mkdir(parents=True, exist_ok=True)
-        files = self._weight_files()
-        cast = {name: {k: _storage(k, v, dtype) for k, v in st.items()} for name, st in files.items()}
-        if backbone_file is None:
-            backbone_file = "backbone.safetensors"
-            sha = _state_sha256(cast["backbone"])
-            save_file(cast["backbone"], root / backbone_file, metadata={"format": "pt", "sha256": sha})
-        else:
-            # Reference a backbone stored elsewhere (another model's, or a pre-training run's
-            # backbone.safetensors, in whatever dtype it was written): it must hold these weights.
-            shared = _backbone_state(load_file(root / backbone_file))
-            own = files["backbone"]
-            if shared.keys() != own.keys() or not all(
-                torch.equal(own[k].detach().cpu().to(shared[k].dtype), shared[k]) for k in own
-            ):
-                raise ValueError(
-                    f"{backbone_file} holds a different backbone than this model's; refusing to reference it"
-                )
-            sha = _state_sha256(shared)
-        for name, state in cast.items():
-            if name != "backbone":
-                save_file(state, root / f"{name}.safetensors", metadata={"format": "pt"})
-        space = self.config.image_space
-        if space.kind == "vae" and not _is_hub_name(space.vae, self.source):
-            self.image_space.vae.save_pretrained(root / "vae")
-            space = space.replace(vae="vae", vae_config=None)
-        config = dataclasses.replace(
-            self.config, image_space=space, backbone_file=backbone_file, backbone_sha256=sha
+        """Write config.json + safetensors (+ vae/), floats in `dtype` ([cls] embeddings in fp32);
+        the modules in memory keep their dtype.
+
+        `backbone_file`: an already-saved backbone.safetensors (a path relative to `path`, e.g.
+        "../dino/backbone.safetensors") to reference instead of copying. `vae_folder`: likewise an
+        already-saved VAE folder (e.g. "../reptok-emoji/vae"). Each must hold this model's weights
+        (compared in the dtype it was written in), or a ValueError says so."""
+        return storage.save_model(
+            self, Path(path), dtype=dtype, backbone_file=backbone_file, vae_folder=vae_folder
         )
-        (root / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-        return root
 
     @classmethod
     def from_pretrained(
@@ -299,29 +124,14 @@ class RepTok:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
     ) -> RepTok:
+        """Load a saved folder; every component (the VAE too) computes in `dtype` on `device`."""
         root = Path(path)
-        config_path = root / "config.json"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"no RepTok model at {root}: {config_path} is missing")
-        config = RepTokConfig.from_dict(json.loads(config_path.read_text()))
+        config = storage.read_config(root)
+        storage.check_vae_folder(root, config)  # before the VAE is built from it
         # The backbone's own weights come from our file, never from the hub.
         config.encoder = config.encoder.replace(pretrained=False)
         model = cls.from_config(config, root=root)
-        backbone_path = root / config.backbone_file
-        backbone = _backbone_state(load_file(backbone_path))
-        if config.backbone_sha256 and _state_sha256(backbone) != config.backbone_sha256:
-            raise ValueError(
-                f"{backbone_path} does not hold the backbone this model was trained on (sha256 differs)"
-            )
-        tokenizer = load_file(root / "tokenizer.safetensors")
-        backbone["cls_token"] = tokenizer.pop("encoder.cls_token")
-        _load_into(model.encoder.backbone, backbone, "backbone")
-        model.encoder.frozen_cls_token.copy_(tokenizer.pop("encoder.frozen_cls_token"))
-        _load_into(model.decoder, {k.removeprefix("decoder."): v for k, v in tokenizer.items()}, "decoder")
-        for name in ("class_generator", "text_generator"):
-            module = getattr(model, name)
-            if module is not None:
-                _load_into(module, load_file(root / f"{name}.safetensors"), name)
+        storage.load_weights(model, root)
         model.source = root
         return model.to(device, dtype)
 
@@ -364,31 +174,9 @@ class RepTok:
     def preprocess(self, images: ImageInput) -> Tensor:
         """PIL image(s) or a (B, 3, H, W) / (3, H, W) tensor in [-1, 1] -> (B, 3, S, S) at the
         decoder's resolution (center crop, antialiased resize)."""
-        if isinstance(images, Image.Image):
-            images = [images]
-        size = self.image_size
-        if isinstance(images, Tensor):
-            x = images[None] if images.dim() == 3 else images
-            if x.dim() != 4 or x.shape[1] != 3:
-                raise ValueError(f"expected images of shape (B, 3, H, W) in [-1, 1], got {tuple(x.shape)}")
-            x = torch.stack([_square(t, size) for t in x]) if x.shape[-2:] != (size, size) else x
-        else:
-            arrays = [np.asarray(_square_pil(to_rgb(im), size), dtype=np.float32) for im in images]
-            x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0  # (B, 3, S, S)
-        return x.to(self.device, torch.float32)
+        return to_model_input(images, self.image_size).to(self.device, torch.float32)
 
-    @staticmethod
-    def to_pil(images: Tensor) -> list[Image.Image]:
-        """(B, 3, H, W) in [-1, 1] -> list of RGB PIL images."""
-        arr = (
-            ((images.detach().float().clamp(-1, 1) + 1) * 127.5)
-            .round()
-            .byte()
-            .permute(0, 2, 3, 1)
-            .cpu()
-            .numpy()
-        )
-        return [Image.fromarray(a) for a in arr]
+    to_pil = staticmethod(to_pil)  # (B, 3, H, W) in [-1, 1] -> list of RGB PIL images
 
     def _output(self, images: Tensor, output_type: OutputType) -> list[Image.Image] | Tensor:
         return self.to_pil(images) if output_type == "pil" else images
@@ -589,32 +377,3 @@ class RepTok:
     def num_parameters(self) -> dict[str, int]:
         """Parameters per component (the backbone counted once, inside the encoder)."""
         return {name: sum(p.numel() for p in m.parameters()) for name, m in self.components().items()}
-
-
-def _is_hub_name(vae: str | None, source: Path | None) -> bool:
-    """True for a VAE named on the hub (kept as a name); False for random or local ones (copied)."""
-    if vae is None or Path(vae).is_dir():
-        return False
-    return not (source is not None and (source / vae).is_dir())
-
-
-def _square_pil(image: Image.Image, size: int) -> Image.Image:
-    """Central square, resized with Lanczos (in PIL: cheap even for a large photo)."""
-    w, h = image.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    image = image.crop((left, top, left + side, top + side))
-    return image if side == size else image.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
-
-
-def _square(image: Tensor, size: int) -> Tensor:
-    """(3, H, W) -> (3, size, size): central square, antialiased resize."""
-    h, w = image.shape[-2:]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    image = image[:, top : top + side, left : left + side]
-    if side != size:
-        image = torch.nn.functional.interpolate(
-            image[None].float(), size=(size, size), mode="bicubic", antialias=True, align_corners=False
-        )[0].clamp(-1, 1)
-    return image

@@ -330,3 +330,63 @@ def test_about_describes_the_loaded_models(model_dir: Path) -> None:
 
     text = _about(ModelRegistry([model_dir]))
     assert "| tiny |" in text and "32×32 pixels" in text and "VAE" not in text.split("## Your own models")[0]
+
+
+# ------------------------------------------------------------------------------- held-out metrics line
+
+FULL_METRICS = {
+    "n": 579, "psnr": 16.08, "ssim": 0.523, "identification": 0.6218, "identification_chance": 1 / 579,
+    "token_effective_rank": 12.3, "token_dim": 192, "ridge_probe_psnr": 15.94, "ridge_probe_ssim": 0.48,
+    "ridge_probe_identification": 0.512, "cos_to_frozen": 0.97, "decode_steps": 8,
+    "unseen_style": ["fluent"], "unseen_style_n": 177, "unseen_style_psnr": 15.21,
+    "unseen_style_ssim": 0.5, "unseen_style_identification": 0.58,
+}  # fmt: skip
+
+
+def test_held_out_text_full() -> None:
+    from app_parts.imaging import held_out_text
+
+    assert held_out_text(FULL_METRICS) == (
+        "Held-out emoji (n = 579, 8 steps): identification 62 % (chance 0.2 %) · 16.1 dB · SSIM 0.52 · "
+        "ridge probe 15.9 dB / 51 % · token effective rank 12 of 192 · "
+        "unseen style (fluent, n = 177): 58 % · 15.2 dB"
+    )
+
+
+def test_held_out_text_old_partial_and_empty() -> None:
+    from app_parts.imaging import held_out_text
+
+    assert (
+        held_out_text({"n": 386, "psnr": 10.93, "ssim": 0.1756})
+        == "Held-out emoji (n = 386): 10.9 dB · SSIM 0.18"
+    )
+    assert held_out_text({}) == ""
+    assert held_out_text({"n": 386, "decode_steps": 8, "model": "x"}) == ""  # nothing measured: no line
+    # Not finite, not numbers, or only part of a group: left out, never "nan"; chance defaults to 1/n.
+    odd = {"n": 100, "psnr": float("nan"), "ssim": "0.5", "identification": 0.5, "ridge_probe_psnr": None,
+           "ridge_probe_identification": 0.25, "token_effective_rank": 7.0, "unseen_style_psnr": 9.0}  # fmt: skip
+    text = held_out_text(odd)
+    assert text == (
+        "Held-out emoji (n = 100): identification 50 % (chance 1 %) · ridge probe 25 % · "
+        "token effective rank 7 · unseen style: 9.0 dB"
+    )
+    assert "nan" not in text.lower() and "None" not in text
+
+
+def test_reconstruct_shows_the_models_held_out_metrics(
+    model_dir: Path, files: dict[str, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from app_parts.handlers import Explorer
+
+    *_, summary = Explorer(ModelRegistry([model_dir]), tmp_path / "none.npz").reconstruct(
+        str(files["rgb.png"]), "tiny", 1, 0
+    )
+    assert "Held-out emoji" not in summary  # no metrics.json: no line
+    measured = shutil.copytree(model_dir, tmp_path / "measured")
+    (measured / "metrics.json").write_text(json.dumps(FULL_METRICS))
+    registry = ModelRegistry([measured])
+    *_, summary = Explorer(registry, tmp_path / "none.npz").reconstruct(str(files["rgb.png"]), "tiny", 1, 0)
+    assert "PSNR" in summary and "Held-out emoji (n = 579, 8 steps): identification 62 %" in summary
+    assert registry.entry("tiny").metrics["n"] == 579  # read once, with the model

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from safetensors import safe_open
 
@@ -78,6 +79,41 @@ def test_export_ships_fp16_models_sharing_one_backbone_and_a_manifold(chain: dic
     # The app finds both shipped models by name, with their λ.
     registry = ModelRegistry([main, zero])
     assert registry.labels == ["emoji", "emoji-lam0"] and registry.by_lambda("0") == "emoji-lam0"
+
+
+def test_export_stores_a_shared_vae_once(tmp_path: Path) -> None:
+    """Three VAE-space models: two on one VAE (one fp16 vae/ folder), one on its own."""
+    from tests.test_pipeline import _vae_model
+
+    a = _vae_model(0)
+    models = {"a": a, "b": _vae_model(1, vae=a.image_space.vae), "c": _vae_model(2)}
+    for name, model in models.items():
+        model.save_pretrained(tmp_path / "runs" / name, dtype=torch.float32)
+    out = tmp_path / "assets"
+    export.main([
+        *(f"--model={n}={tmp_path / 'runs' / n}" for n in models),
+        "--data", str(tmp_path / "unused.npz"), "--out", str(out), "--no-manifold",
+    ])  # fmt: skip
+    folders = {n: out / "models" / n for n in models}
+    assert sorted(p.parent.name for p in (out / "models").glob("*/vae")) == ["a", "c"]
+    configs = {n: json.loads((f / "config.json").read_text()) for n, f in folders.items()}
+    assert {n: c["image_space"]["vae"] for n, c in configs.items()} == {
+        "a": "vae",
+        "b": "../a/vae",
+        "c": "vae",
+    }
+    assert configs["a"]["vae_sha256"] == configs["b"]["vae_sha256"] != configs["c"]["vae_sha256"]
+    with safe_open(str(folders["a"] / "vae" / "diffusion_pytorch_model.safetensors"), framework="pt") as f:
+        assert {str(f.get_slice(k).get_dtype()) for k in f.keys()} == {"F16"}  # noqa: SIM118
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    for name, model in models.items():
+        shipped = RepTok.from_pretrained(folders[name])
+        torch.testing.assert_close(
+            shipped.reconstruct(x, steps=2, output_type="pt"),
+            model.reconstruct(x, steps=2, output_type="pt"),
+            atol=5e-3,
+            rtol=0,
+        )
 
 
 def test_export_refuses_duplicate_names(chain: dict[str, Path], tmp_path: Path) -> None:

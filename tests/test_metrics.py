@@ -1,4 +1,5 @@
-"""PSNR, SSIM and the Fréchet distance against known values."""
+"""PSNR, SSIM, identification, effective rank, the ridge probe and the Fréchet distance against
+known values."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from reptok.metrics import FeatureSpace, frechet_distance, psnr, ssim
+from reptok.metrics import (
+    FeatureSpace,
+    effective_rank,
+    frechet_distance,
+    identification,
+    psnr,
+    ridge_probe,
+    ssim,
+)
 
 
 def test_psnr_known_value_and_identity() -> None:
@@ -55,3 +64,34 @@ def test_ssim_on_images_smaller_than_its_window(shape: tuple[int, int]) -> None:
     x = torch.rand(1, 3, *shape) * 2 - 1
     assert float(ssim(x, x)[0]) == pytest.approx(1.0, abs=1e-4)
     assert math.isfinite(float(ssim(-x, x)[0]))
+
+
+def test_identification_finds_the_source_and_not_a_shuffle() -> None:
+    g = torch.Generator().manual_seed(0)
+    originals = torch.rand(20, 3, 8, 8, generator=g) * 2 - 1
+    noisy = originals + 0.05 * torch.randn(originals.shape, generator=g)
+    assert bool(identification(noisy, originals).all())
+    shuffled = noisy.roll(1, dims=0)  # each image now sits next to another's source
+    assert not bool(identification(shuffled, originals).any())
+    mean = originals.mean(0, keepdim=True).expand_as(originals)  # knows nothing of the input
+    assert float(identification(mean, originals).float().mean()) <= 0.1
+
+
+def test_effective_rank_counts_directions() -> None:
+    g = torch.Generator().manual_seed(0)
+    line = torch.randn(500, 1, generator=g) * torch.randn(1, 16, generator=g)  # one direction
+    assert effective_rank(line) == pytest.approx(1.0, abs=1e-6)
+    iso = torch.randn(20000, 8, generator=g)  # every direction equally
+    assert effective_rank(iso) == pytest.approx(8.0, rel=0.01)
+    assert effective_rank(iso + 5.0) == pytest.approx(8.0, rel=0.01)  # centred first
+
+
+def test_ridge_probe_reads_what_tokens_carry() -> None:
+    g = torch.Generator().manual_seed(0)
+    factors = torch.randn(300, 12, generator=g)  # what varies between images
+    images = torch.tanh(0.3 * factors @ torch.randn(12, 3 * 8 * 8, generator=g)).view(300, 3, 8, 8)
+    tokens = factors @ torch.randn(12, 48, generator=g)  # (N, 48): a linear code of the factors
+    informed = ridge_probe(tokens[:250], images[:250], tokens[250:], images[250:])
+    blind = ridge_probe(torch.randn(300, 48, generator=g)[:250], images[:250], tokens[250:], images[250:])
+    assert informed["identification"] > 0.9 > blind["identification"] + 0.5
+    assert informed["psnr"] > blind["psnr"] + 2.0

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from reptok.decoder import ImageSpaceConfig
 from reptok.pipeline import RepTok, RepTokConfig
 from tests.helpers import CLASS_NAMES, TINY_VAE_CONFIG, randomize_, tiny_config
 
@@ -205,15 +207,21 @@ def test_text_sampling(tiny_model: RepTok) -> None:
     assert not torch.allclose(a[0], a[1])
 
 
-def test_vae_space_model_saves_the_vae_once_and_reloads(tmp_path: Path) -> None:
-    from reptok.decoder import ImageSpaceConfig
-
-    vae_cfg = TINY_VAE_CONFIG
+def _vae_model(seed: int, vae: torch.nn.Module | None = None) -> RepTok:
+    """A tiny model in the latent space of the tiny VAE: its own random one, or a copy of `vae`."""
     cfg = tiny_config(with_text=False)
     cfg.decoder = cfg.decoder.replace(in_channels=4, input_size=16, patch_size=4)
-    cfg.image_space = ImageSpaceConfig(kind="vae", vae_config=vae_cfg)
+    cfg.image_space = ImageSpaceConfig(kind="vae", vae_config=TINY_VAE_CONFIG)
+    torch.manual_seed(seed)
     model = RepTok.from_config(cfg)
-    randomize_(model.decoder)
+    randomize_(model.decoder, seed)
+    if vae is not None:
+        model.image_space.vae.load_state_dict(vae.state_dict())
+    return model
+
+
+def test_vae_space_model_saves_the_vae_once_and_reloads(tmp_path: Path) -> None:
+    model = _vae_model(0)
     assert model.image_size == 32
     out = model.reconstruct(torch.rand(1, 3, 32, 32) * 2 - 1, output_type="pt")
     assert out.shape == (1, 3, 32, 32)
@@ -221,9 +229,70 @@ def test_vae_space_model_saves_the_vae_once_and_reloads(tmp_path: Path) -> None:
     assert (tmp_path / "m" / "vae" / "config.json").is_file()
     saved = json.loads((tmp_path / "m" / "config.json").read_text())
     assert saved["image_space"]["vae"] == "vae" and saved["image_space"]["vae_config"] is None
+    assert saved["vae_sha256"] == model.vae_sha256(torch.float32)
     loaded = RepTok.from_pretrained(tmp_path / "m")
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     assert torch.equal(model.reconstruct(x, output_type="pt"), loaded.reconstruct(x, output_type="pt"))
+
+
+def _vae_dtypes(folder: Path) -> set[str]:
+    with safe_open(str(folder / "diffusion_pytorch_model.safetensors"), framework="pt") as f:
+        return {str(f.get_slice(k).get_dtype()) for k in f.keys()}  # noqa: SIM118 (not a dict)
+
+
+def test_models_share_one_fp16_vae_folder(tmp_path: Path) -> None:
+    a = _vae_model(0)
+    b = _vae_model(1, vae=a.image_space.vae)  # another tokenizer on the same VAE
+    assert a.vae_sha256() == b.vae_sha256() and a.backbone_sha256() != b.backbone_sha256()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    before = [m.reconstruct(x, seed=1, output_type="pt") for m in (a, b)]
+    a.save_pretrained(tmp_path / "a")  # default: fp16, the VAE too
+    b.save_pretrained(tmp_path / "b", vae_folder="../a/vae")
+    assert _vae_dtypes(tmp_path / "a" / "vae") == {"F16"}
+    assert a.image_space.vae.dtype == torch.float32  # the module in memory keeps its dtype
+    assert not (tmp_path / "b" / "vae").exists()
+    configs = [json.loads((tmp_path / n / "config.json").read_text()) for n in ("a", "b")]
+    assert [c["image_space"]["vae"] for c in configs] == ["vae", "../a/vae"]
+    assert configs[0]["vae_sha256"] == configs[1]["vae_sha256"] == a.vae_sha256(torch.float16)
+    for model, name, old in zip((a, b), ("a", "b"), before, strict=True):
+        loaded = RepTok.from_pretrained(tmp_path / name)
+        vae = loaded.image_space.vae
+        assert vae.dtype == torch.float32  # stored in fp16, computes in from_pretrained's dtype
+        own = model.image_space.vae.state_dict()
+        assert all(torch.equal(v, own[k].half().float()) for k, v in vae.state_dict().items())
+        torch.testing.assert_close(loaded.reconstruct(x, seed=1, output_type="pt"), old, atol=5e-3, rtol=0)
+    # fp32 stays possible, and a config from before vae_sha256 existed still loads
+    a.save_pretrained(tmp_path / "c", dtype=torch.float32)
+    assert _vae_dtypes(tmp_path / "c" / "vae") == {"F32"}
+    config = json.loads((tmp_path / "c" / "config.json").read_text())
+    del config["vae_sha256"]
+    (tmp_path / "c" / "config.json").write_text(json.dumps(config))
+    assert torch.equal(
+        RepTok.from_pretrained(tmp_path / "c").reconstruct(x, seed=1, output_type="pt"), before[0]
+    )
+
+
+def test_a_different_vae_folder_is_refused_on_save_and_on_load(tmp_path: Path) -> None:
+    a, other = _vae_model(0), _vae_model(2)  # other: its own random VAE
+    a.save_pretrained(tmp_path / "a")
+    a.save_pretrained(tmp_path / "b", vae_folder="../a/vae")
+    with pytest.raises(ValueError, match=r"\.\./a/vae holds a different VAE"):
+        other.save_pretrained(tmp_path / "c", vae_folder="../a/vae")
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        a.save_pretrained(tmp_path / "d", vae_folder="../nowhere/vae")
+    with pytest.raises(ValueError, match="pixel space"):
+        RepTok.from_config(tiny_config(with_text=False)).save_pretrained(
+            tmp_path / "e", vae_folder="../a/vae"
+        )
+    # the folder both configs name is swapped for another VAE: caught on load, naming the folder
+    other.save_pretrained(tmp_path / "o")
+    shutil.copy(tmp_path / "o" / "vae" / "diffusion_pytorch_model.safetensors", tmp_path / "a" / "vae")
+    for name in ("a", "b"):
+        with pytest.raises(ValueError, match=r"a/vae does not hold the VAE .*sha256 differs"):
+            RepTok.from_pretrained(tmp_path / name)
+    shutil.rmtree(tmp_path / "a" / "vae")
+    with pytest.raises(FileNotFoundError, match=r"VAE folder .*a/vae is missing"):
+        RepTok.from_pretrained(tmp_path / "b")
 
 
 def test_lambda_inf_round_trips_through_json(tmp_path: Path) -> None:

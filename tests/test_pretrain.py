@@ -55,7 +55,7 @@ def _load_strict(out: Path) -> VisionTransformer:
     return backbone
 
 
-@pytest.mark.parametrize("method", ["dino", "mae", "clip"])
+@pytest.mark.parametrize("method", ["dino", "mae", "clip", "dae"])
 def test_method_trains_and_writes_a_plain_backbone(method: str, shapes_npz: Path, tmp_path: Path) -> None:
     config = _run(method, shapes_npz, tmp_path)
     assert config["method"] == method and config["steps"] == pb.PRESETS["test"].train[method].steps

@@ -1,7 +1,8 @@
 """train/reproduce.sh, the recipe behind the shipped models, end to end at its `test` scale.
 
-Tiny synthetic emoji; every step runs as its own process, as on a real machine: backbones ->
-stage A (a two-λ sweep and the other backbones) -> stage B -> export -> evaluate -> tables.
+Tiny synthetic emoji; every step runs as its own process, as on a real machine: VAE and backbones ->
+stage A in the VAE's latent space (a two-λ sweep, the other backbones, a second seed) -> stage B ->
+export -> evaluate -> tables.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.C
     data = write_shapes_npz(
         root / "shapes.npz", [shape_image(c, COLOURS[c], rng) for c in labels], labels, splits
     )
-    env = {**os.environ, "DATA": str(data), "RUNS": str(root / "runs"), "JOBS": "2", "LAMBDAS": "1 inf"}
+    env = {**os.environ, "DATA": str(data), "RUNS": str(root / "runs"), "JOBS": "2", "LAMBDAS": "1 inf", "DEFAULT_LAM": "1"}
     done = subprocess.run(
         ["bash", "train/reproduce.sh", "test"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
     )
@@ -41,9 +42,9 @@ def test_recipe_exports_every_ablation_row_evaluated(
 ) -> None:
     runs, _ = recipe
     models = runs / "export" / "models"
-    # main (dino, λ = 1, its own longer run) + the λ sweep (1, inf) + the three other backbones at λ = 1
+    # main (dae, λ = 1, its own longer run) + the λ sweep (1, inf) + the four other backbones at λ = 1
     assert sorted(p.name for p in models.iterdir()) == [
-        "clip-lam1", "dino-lam1", "dino-laminf", "mae-lam1", "random-lam1", "reptok-emoji"
+        "clip-lam1", "dae-lam1", "dae-laminf", "dino-lam1", "mae-lam1", "random-lam1", "reptok-emoji"
     ]  # fmt: skip
     for folder in models.iterdir():
         metrics = json.loads((folder / "metrics.json").read_text())
@@ -51,18 +52,27 @@ def test_recipe_exports_every_ablation_row_evaluated(
         assert metrics["feature_space"].startswith("mae-")  # the separate feature network, shipped
     main = json.loads((models / "reptok-emoji" / "config.json").read_text())
     assert main["text_generator"] is not None and main["class_generator"] is not None
-    twin = json.loads((models / "dino-lam1" / "config.json").read_text())
+    twin = json.loads((models / "dae-lam1" / "config.json").read_text())
     assert (main["info"]["steps"], twin["info"]["steps"]) == (6, 4)  # MAIN_TOK vs TOK at this scale
     assert twin["backbone_sha256"] == main["backbone_sha256"] and twin["text_generator"] is None
-    assert main["info"]["backbone"].startswith("DINO-style") and main["info"]["backbone_method"] == "dino"
+    assert main["info"]["backbone"].startswith("DAE-style") and main["info"]["backbone_method"] == "dae"
+    assert main["image_space"]["kind"] == "vae" and main["decoder"]["in_channels"] == 4
     # Each distinct backbone is stored once (the λ = inf row shares the main model's; at this scale a
     # 2-step DINO teacher may even round to the random init in fp16), and every reference resolves.
     configs = {p.name: json.loads((p / "config.json").read_text()) for p in models.iterdir()}
     assert len(list(models.glob("*/backbone.safetensors"))) == len(
         {c["backbone_sha256"] for c in configs.values()}
     )
-    assert configs["dino-laminf"]["backbone_file"] == "../reptok-emoji/backbone.safetensors"
+    assert configs["dae-laminf"]["backbone_file"] == "../reptok-emoji/backbone.safetensors"
     assert all((models / name / c["backbone_file"]).is_file() for name, c in configs.items())
+    # One VAE for all: the main model stores it, every other model references it.
+    assert [p.parent.name for p in models.glob("*/vae")] == ["reptok-emoji"]
+    assert all(
+        c["image_space"]["vae"] == "../reptok-emoji/vae" for n, c in configs.items() if n != "reptok-emoji"
+    )
+    # The second seed of the main backbone's default-λ row is evaluated (the noise band), not shipped.
+    seed_twin = json.loads((runs / "tok-dae-lam1-seed1" / "model" / "metrics.json").read_text())
+    assert np.isfinite(seed_twin["identification"]) and np.isfinite(seed_twin["ridge_probe_psnr"])
     assert (runs / "export" / "features" / "backbone.safetensors").is_file()
 
 
@@ -72,11 +82,13 @@ def test_recipe_prints_both_tables_and_skips_finished_steps(
     runs, done = recipe
     # Equal budgets in the tables: the main model's same-budget twin fills its rows, the main gets a line.
     assert "| random init | `random-lam1` |" in done.stdout and "| DINO-style | `dino-lam1` |" in done.stdout
-    assert "| 1 | `dino-lam1` |" in done.stdout and "`reptok-emoji` |" not in done.stdout
+    assert "| 1 | `dae-lam1` |" in done.stdout and "`reptok-emoji` |" not in done.stdout
     assert "The default model `reptok-emoji` (same backbone and λ, stage A 6 steps" in done.stdout
-    assert "| ∞ (frozen) | `dino-laminf` |" in done.stdout
+    assert "| ∞ (frozen) | `dae-laminf` |" in done.stdout and "| DAE-style | `dae-lam1` |" in done.stdout
+    assert "Seed noise: `dae-lam1` trained again with seed 1 differs by PSNR" in done.stdout
     # A second call finds every output and redoes nothing.
     env = {**os.environ, "DATA": str(runs.parent / "shapes.npz"), "RUNS": str(runs), "LAMBDAS": "1 inf"}
+    env["DEFAULT_LAM"] = "1"
     again = subprocess.run(
         ["bash", "train/reproduce.sh", "test"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )

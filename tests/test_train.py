@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
 
 from reptok.encoder import ENCODER_PRESETS, create_backbone  # noqa: E402
 from reptok.pipeline import RepTok  # noqa: E402
-from train import train_generator, train_tokenizer  # noqa: E402
+from train import train_generator, train_tokenizer, train_vae  # noqa: E402
 from train.batches import resumable_batches, step_generator  # noqa: E402
 from train.common import TrainConfig, Trainer, config_differences  # noqa: E402
 
@@ -210,6 +210,39 @@ def test_stage_a_in_house_backbone_folder_and_vae_space(data_dir: Path, tmp_path
     assert model.reconstruct(torch.zeros(1, 3, 32, 32), steps=1, output_type="pt").shape == (1, 3, 32, 32)
 
 
+def test_vae_trains_a_latent_space_that_stage_a_runs_in(data_dir: Path, tmp_path: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    vae_dir = train_vae.main(["--preset", "test", "--data", str(data_dir), "--out", str(tmp_path / "vae")])
+    vae = AutoencoderKL.from_pretrained(vae_dir)
+    info = json.loads((vae_dir / "training.json").read_text())
+    # SD's convention: the scaling factor makes the train split's latents unit-variance.
+    assert vae.config.scaling_factor == pytest.approx(info["scaling_factor"]) and info["scaling_factor"] > 0
+    records = [json.loads(line) for line in (tmp_path / "vae" / "log.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in records if "event" in r][-1] == "done"
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records if "loss" in r)
+    # Stage A runs in it: the cached latents are the VAE's, the model references the VAE.
+    extra = ["--space", "vae", "--vae", str(vae_dir), "--steps", "2"]
+    out = train_tokenizer.main(stage_a_args(data_dir, tmp_path / "tok", *extra))
+    model = RepTok.from_pretrained(out)
+    assert model.config.image_space.scale == pytest.approx(info["scaling_factor"])
+    assert model.reconstruct(torch.zeros(1, 3, 32, 32), steps=1, output_type="pt").shape == (1, 3, 32, 32)
+
+
+def test_cached_latents_are_the_image_spaces_encoding(data_dir: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    from reptok.decoder import ImageSpace, ImageSpaceConfig
+    from tests.helpers import TINY_VAE_CONFIG
+    from train.data import build_dataset
+
+    space = ImageSpace(ImageSpaceConfig(kind="vae"), AutoencoderKL.from_config(TINY_VAE_CONFIG))
+    dataset = build_dataset(data_dir, "train", image_size=32)
+    cached = train_tokenizer.encode_dataset(space, dataset, batch_size=3)
+    direct = space.encode(torch.stack([dataset[i]["image"] for i in range(len(dataset))]))
+    assert cached.shape == direct.shape and torch.allclose(cached, direct, atol=1e-5)
+
+
 def test_clear_errors(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(FileNotFoundError, match="not found"):
         train_tokenizer.main(stage_a_args(tmp_path / "no-such-dir", tmp_path / "x"))
@@ -250,7 +283,7 @@ def test_batches_are_a_pure_function_of_seed_and_step() -> None:
     assert torch.equal(torch.rand(3, generator=a), torch.rand(3, generator=b))
 
 
-@pytest.mark.parametrize("script", ["train_tokenizer.py", "train_generator.py"])
+@pytest.mark.parametrize("script", ["train_tokenizer.py", "train_generator.py", "train_vae.py"])
 def test_help(script: str) -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "train" / script), "--preset", "test", "--help"],

@@ -2,9 +2,10 @@
 
     python train/ablation_tables.py assets            (or runs/<scale>/export)
 
-Backbones: one row per pre-training method at the main model's λ (PSNR, SSIM, rFD, gFD, the
-backbone's held-out k-NN accuracy). λ sweep: every model on the main model's backbone (PSNR, SSIM,
-rFD, gFD, mean cos to the frozen token). Where the main model had a longer run than the ablations
+Backbones: one row per pre-training method at the main model's λ (PSNR, SSIM, identification, rFD,
+gFD, the ridge probe, the tokens' effective rank, the backbone's held-out k-NN accuracy). λ sweep:
+every model on the main model's backbone (the same, and the mean cos to the frozen token). With
+--seed-twin (the metrics.json of a second seed of one row), a line gives the seed noise. Where the main model had a longer run than the ablations
 (train/reproduce.sh cpu), its same-budget twin (same backbone and λ) fills its rows, so each table
 compares equal budgets, and the main model gets a line of its own. The Fréchet distances are in the
 feature space that metrics.json names (an in-house backbone's features): they are not FID.
@@ -82,25 +83,42 @@ def ablation_rows(rows: Sequence[Row], main: Row) -> list[Row]:
     return [r for r in rows if not (twin and r is main)]
 
 
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
+def _quality(r: Row) -> str:
+    """The columns both tables share: PSNR | SSIM | identification | rFD | gFD | ridge probe."""
+    m = r.metrics
+    ridge = f"{_num(m.get('ridge_probe_psnr'), 2)} / {_pct(m.get('ridge_probe_identification'))}"
+    return (
+        f"{_num(m.get('psnr'), 2)} | {_num(m.get('ssim'), 3)} | {_pct(m.get('identification'))} | "
+        f"{_num(r.fd('rFD'), 4)} | {_num(r.fd('gFD'), 4)} | {ridge}"
+    )
+
+
+QUALITY_HEADER = "PSNR (dB) | SSIM | identification | rFD | gFD | ridge probe dB / id."
+
+
 def backbone_table(rows: Sequence[Row], main: Row) -> str:
     picked = {r.method: r for r in rows if r.lam == main.lam and r.method in BACKBONE_METHODS}
     picked.setdefault(main.method, main)
+    m = main.metrics
     lines = [
-        f"Backbones at λ = {main.lam:g} (held-out, n = {main.metrics.get('n')}, "
-        f"FDs in {_space(list(picked.values()))} features):",
+        f"Backbones at λ = {main.lam:g} (held-out, n = {m.get('n')}, identification chance "
+        f"{_pct(m.get('identification_chance'))}, FDs in {_space(list(picked.values()))} features):",
         "",
-        "| backbone | model | PSNR (dB) | SSIM | rFD | gFD | k-NN category / subcategory |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| backbone | model | {QUALITY_HEADER} | token eff. rank | k-NN category / subcategory |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for method, method_name in BACKBONE_METHODS.items():
         r = picked.get(method)
         if r is None:
             continue
         knn = f"{r.knn['category']:.3f} / {r.knn['subcategory']:.3f}" if r.knn else "–"
-        lines.append(
-            f"| {method_name} | `{r.name}` | {_num(r.metrics.get('psnr'), 2)} | "
-            f"{_num(r.metrics.get('ssim'), 3)} | {_num(r.fd('rFD'), 4)} | {_num(r.fd('gFD'), 4)} | {knn} |"
-        )
+        rank = r.metrics.get("token_effective_rank")
+        rank_text = "–" if rank is None else f"{rank:.1f} of {r.metrics.get('token_dim', '?')}"
+        lines.append(f"| {method_name} | `{r.name}` | {_quality(r)} | {rank_text} | {knn} |")
     return "\n".join(lines)
 
 
@@ -111,18 +129,15 @@ def lambda_table(rows: Sequence[Row], main: Row) -> str:
         f"λ sweep on the {BACKBONE_METHODS.get(main.method, main.method)} backbone (held-out, "
         f"FDs in {_space(sweep)} features):",
         "",
-        "| λ | model | PSNR (dB) | SSIM | rFD | gFD | mean cos to frozen token |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| λ | model | {QUALITY_HEADER} | mean cos to frozen token |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in sweep:
         if r.lam in seen:
             continue
         seen.add(r.lam)
         lam = "∞ (frozen)" if math.isinf(r.lam) else f"{r.lam:g}"
-        lines.append(
-            f"| {lam} | `{r.name}` | {_num(r.metrics.get('psnr'), 2)} | {_num(r.metrics.get('ssim'), 3)} | "
-            f"{_num(r.fd('rFD'), 4)} | {_num(r.fd('gFD'), 4)} | {_num(r.metrics.get('cos_to_frozen'), 5)} |"
-        )
+        lines.append(f"| {lam} | `{r.name}` | {_quality(r)} | {_num(r.metrics.get('cos_to_frozen'), 5)} |")
     return "\n".join(lines)
 
 
@@ -136,16 +151,44 @@ def main_line(main: Row) -> str:
             ("gFD", main.fd("gFD"), 4), ("mean cos to frozen token", m.get("cos_to_frozen"), 5),
         ]
     )  # fmt: skip
+    if m.get("identification") is not None:
+        text += f", identification {_pct(m['identification'])}"
     return (
         f"The default model `{main.name}` (same backbone and λ, stage A {main.steps} steps instead of the "
         f"rows' budget): {text}."
     )
 
 
+def seed_noise_line(rows: Sequence[Row], twin_metrics: Path) -> str:
+    """|seed 0 − seed 1| of the row a second seed was trained for (same backbone file and λ)."""
+    twin = json.loads(twin_metrics.read_text())
+    config = json.loads((twin_metrics.parent / "config.json").read_text())
+    lam = float(config["encoder"]["cosine_weight"])
+    method = config.get("info", {}).get("backbone_method")
+    row = next(
+        (r for r in rows if r.method == method and r.lam == lam and r.steps == config["info"].get("steps")),
+        None,
+    )
+    if row is None:
+        return f"(no exported row matches the seed twin {twin_metrics})"
+    diffs = [
+        (name, abs(row.metrics[key] - twin[key]), fmt)
+        for name, key, fmt in [
+            ("PSNR", "psnr", "{:.2f} dB"), ("SSIM", "ssim", "{:.3f}"),
+            ("identification", "identification", "{:.1%}"),
+            ("ridge probe identification", "ridge_probe_identification", "{:.1%}"),
+        ]
+        if key in row.metrics and key in twin
+    ]  # fmt: skip
+    text = ", ".join(f"{name} {fmt.format(d)}" for name, d, fmt in diffs)
+    return f"Seed noise: `{row.name}` trained again with seed 1 differs by {text}."
+
+
 def main(argv: Sequence[str] | None = None) -> str:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("export", type=Path, help="a folder with models/<name>/{config,metrics}.json")
     p.add_argument("--main", default="reptok-emoji", help="the main model's name (default reptok-emoji)")
+    p.add_argument("--seed-twin", type=Path, default=None, help="metrics.json of a second seed of one row")
     args = p.parse_args(argv)
     rows = read_rows(args.export)
     main_row = next((r for r in rows if r.name == args.main), None)
@@ -155,6 +198,8 @@ def main(argv: Sequence[str] | None = None) -> str:
     text = backbone_table(compared, main_row) + "\n\n" + lambda_table(compared, main_row)
     if main_row not in compared:
         text += "\n\n" + main_line(main_row)
+    if args.seed_twin is not None and args.seed_twin.is_file():
+        text += "\n\n" + seed_noise_line(compared, args.seed_twin)
     base = main_row.metrics
     if "baseline_mean_image_psnr" in base:
         text += (

@@ -181,6 +181,7 @@ class Trainer:
         resume: bool = False,
         compile_modules: Sequence[nn.Module] | None = None,
         clip_groups: Sequence[Sequence[nn.Parameter]] | None = None,
+        lr_scales: Mapping[nn.Parameter, float] | None = None,
     ) -> None:
         cfg.validate()
         self.cfg, self.out_dir = cfg, Path(out_dir)
@@ -221,11 +222,19 @@ class Trainer:
         ema_buffers = dict(self.ema.named_buffers())
         self._buffer_pairs = [(ema_buffers[n], b) for n, b in self.model.named_buffers()]
 
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
+        # lr_scales: parameters that train at a multiple of cfg.lr (stage A's [cls] embedding), each in
+        # its own group; the warmup and schedule scale every group alike.
+        scales = {id(p): s for p, s in (lr_scales or {}).items()}
+        decay = [p for p in params if p.ndim >= 2 and id(p) not in scales]
+        no_decay = [p for p in params if p.ndim < 2 and id(p) not in scales]
         groups = [
             {"params": decay, "weight_decay": cfg.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
+            *(
+                {"params": [p], "weight_decay": 0.0, "lr": cfg.lr * scales[id(p)]}
+                for p in params
+                if id(p) in scales
+            ),
         ]
         self.optimizer = torch.optim.AdamW(
             [g for g in groups if g["params"]],

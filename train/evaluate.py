@@ -5,8 +5,17 @@
 Measured on the first --n held-out images (held-out emoji codes are unseen in every style):
 
     psnr, ssim                 reconstruction from one token (torchmetrics, [0, 1] images)
+    identification             share of reconstructions whose nearest held-out original (pixel MSE)
+                               is their own source; chance is 1 / n
     baseline_mean_image_*      the same for the mean training image: what a decoder that ignores z gets
     cos_to_frozen              mean cos(z, z_frozen): how far λ let the token move
+    token_effective_rank       exp(entropy of the normalised squared singular values) of the centred
+                               held-out tokens: how many directions the tokens really use (of D)
+    ridge_probe_*              a ridge regression tokens -> pixels fit on the train split: PSNR, SSIM and
+                               identification of its held-out predictions (what the token carries,
+                               linearly, with no decoder)
+    unseen_style_*             psnr, ssim, identification on the held-out split of --unseen-data: emoji
+                               of a style no training saw (the shipped recipe: Fluent Emoji)
     rFD_<space>                Fréchet distance, reconstructions vs originals
     gFD_<space>                Fréchet distance, class samples (same label mix) vs the originals
     class_probe_acc_<space>    a k-NN probe on the train split names the class asked for
@@ -37,9 +46,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from reptok.metrics import FeatureSpace, psnr, ssim
+from reptok.metrics import FeatureSpace, effective_rank, identification, psnr, ridge_probe, ssim
 from reptok.pipeline import RepTok
-from train.data import EmojiDataset
+from train.data import EmojiData, EmojiDataset
 from train.knn import knn_classify
 from train.pretrain_backbone import load_encoder
 
@@ -63,17 +72,45 @@ def _chunks(n: int, size: int) -> list[range]:
 
 
 @torch.inference_mode()
+def encode_all(model: RepTok, images: Tensor, batch_size: int = 128) -> Tensor:
+    """(N, 3, S, S) -> the adapted tokens (N, D)."""
+    return torch.cat(
+        [model.encode(images[c.start : c.stop])[:, 0].cpu() for c in _chunks(len(images), batch_size)]
+    )
+
+
+@torch.inference_mode()
+def reconstruction_metrics(
+    model: RepTok, real: Tensor, *, steps: int | None, seed: int, batch_size: int
+) -> tuple[dict[str, float], Tensor]:
+    """PSNR, SSIM and identification of one-token reconstructions of `real`, and the reconstructions."""
+    recon = torch.cat([
+        model.reconstruct(real[c.start : c.stop], steps=steps, seed=seed + c.start, output_type="pt").cpu()
+        for c in tqdm(_chunks(len(real), batch_size), desc="reconstruct")
+    ])  # fmt: skip
+    metrics = {
+        "psnr": float(psnr(recon, real).mean()),
+        "ssim": float(ssim(recon, real).mean()),
+        "identification": float(identification(recon, real).float().mean()),
+    }
+    return metrics, recon
+
+
+@torch.inference_mode()
 def evaluate(
     model: RepTok,
     data: str | Path,
     space: FeatureSpace,
     *,
-    n: int = 500,
+    n: int = 1000,
     label: str = "category",
     steps: int | None = None,
     seed: int = 0,
     batch_size: int = 64,
+    unseen_data: str | Path | None = None,
 ) -> dict[str, Any]:
+    """Metrics of `model` on the held-out codes of `data`, and on the held-out codes of `unseen_data`
+    apart: a file of emoji in a style no training saw."""
     heldout = EmojiDataset(data, split="heldout", label=label, image_size=model.image_size)
     train = EmojiDataset(data, split="train", label=label, image_size=model.image_size)
     idx = list(range(min(n, len(heldout))))
@@ -82,17 +119,20 @@ def evaluate(
     metrics: dict[str, Any] = {"n": len(idx), "feature_space": space.name}
     metrics["decode_steps"] = steps or model.config.sampling.decode_steps
 
-    recon, cos = [], []
-    for chunk in tqdm(_chunks(len(idx), batch_size), desc="reconstruct"):
-        batch = real[chunk.start : chunk.stop]
-        recon.append(model.reconstruct(batch, steps=steps, seed=seed + chunk.start, output_type="pt").cpu())
-        cos.append(model.cosine_to_frozen(batch).cpu())
-    recon_t = torch.cat(recon)
-    metrics["psnr"] = float(psnr(recon_t, real).mean())
-    metrics["ssim"] = float(ssim(recon_t, real).mean())
+    recon_metrics, recon_t = reconstruction_metrics(
+        model, real, steps=steps, seed=seed, batch_size=batch_size
+    )
+    metrics |= recon_metrics
+    metrics["identification_chance"] = 1.0 / len(idx)
+    cos = [model.cosine_to_frozen(real[c.start : c.stop]).cpu() for c in _chunks(len(idx), batch_size)]
     metrics["cos_to_frozen"] = float(torch.cat(cos).mean())
     metrics[space.key("rFD")] = space.distance(recon_t, real)
     train_images = _images(train, range(len(train)))  # (N, 3, S, S): the mean image and the probe's bank
+    heldout_tokens = encode_all(model, real)  # (n, D)
+    metrics["token_effective_rank"] = effective_rank(heldout_tokens)
+    metrics["token_dim"] = int(heldout_tokens.shape[1])
+    probe = ridge_probe(encode_all(model, train_images), train_images, heldout_tokens, real)
+    metrics |= {f"ridge_probe_{k}": v for k, v in probe.items()}
     # The floor any reconstruction should clear: the mean training image, which knows nothing of z.
     mean_image = train_images.mean(0, keepdim=True).expand_as(real)  # (n, 3, S, S)
     metrics["baseline_mean_image_psnr"] = float(psnr(mean_image, real).mean())
@@ -127,6 +167,16 @@ def evaluate(
         hit = torch.tensor([[codes[j] == codes[i] for j in row] for i, row in enumerate(top5.tolist())])
         metrics[space.key("text_retrieval_top1")] = float(hit[:, 0].float().mean())
         metrics[space.key("text_retrieval_top5")] = float(hit.any(1).float().mean())
+
+    if unseen_data is not None:
+        unseen = EmojiDataset(unseen_data, split="heldout", label=label, image_size=model.image_size)
+        unseen_real = _images(unseen, range(min(n, len(unseen))))
+        unseen_metrics, _ = reconstruction_metrics(
+            model, unseen_real, steps=steps, seed=seed, batch_size=batch_size
+        )
+        metrics["unseen_style"] = sorted(set(EmojiData.load(unseen_data).style.tolist()))
+        metrics["unseen_style_n"] = len(unseen_real)
+        metrics |= {f"unseen_style_{k}": v for k, v in unseen_metrics.items()}
     return metrics
 
 
@@ -137,11 +187,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--features", required=True, help="in-house backbone folder whose [cls] features the FDs use"
     )
-    p.add_argument("--n", type=int, default=500, help="held-out images to evaluate on (default 500)")
+    p.add_argument(
+        "--n", type=int, default=1000, help="held-out images to evaluate on, at most (default 1000)"
+    )
     p.add_argument("--label", choices=["category", "subcategory"], default="category")
     p.add_argument("--steps", type=int, help="decoder steps (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--unseen-data", default=None,
+        help="an emoji .npz of a style no training saw: its held-out split is scored apart",
+    )  # fmt: skip
     p.add_argument("--out", help="where to write the JSON (default: <model>/metrics.json)")
     return p.parse_args(argv)
 
@@ -153,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     metrics = evaluate(
         model, args.data, feature_space(args.features),
         n=args.n, label=args.label, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+        unseen_data=args.unseen_data,
     )  # fmt: skip
     metrics |= {"model": str(args.model), "data": str(args.data), "seed": args.seed}
     metrics["wall_time_s"] = round(time.perf_counter() - start, 1)

@@ -1,4 +1,4 @@
-"""Export trained RepTok models into the app's assets: fp16 weights, shared backbones, manifold.
+"""Export trained RepTok models into the app's assets: fp16 weights, shared backbones and VAEs, manifold.
 
     python train/export.py --model reptok-emoji=runs/emoji/B-text/model \\
         --model reptok-emoji-lam0=runs/emoji/A-lam0/model --manifold-only runs/emoji/A-lam10/model \\
@@ -9,6 +9,9 @@ writes
     assets/models/<name>/config.json + tokenizer/generator safetensors (fp16; [cls] embeddings fp32)
     assets/models/<name>/backbone.safetensors   only in the first model with that backbone; every
                                                 later one references it ("../<first>/backbone...")
+    assets/models/<name>/vae/                   VAE-space models: the AutoencoderKL in fp16, only in
+                                                the first model with that VAE; every later one
+                                                references it ("../<first>/vae")
     assets/models/<name>/metrics.json           copied from the run folder, if evaluate.py wrote one
     assets/manifold.npz                         held-out tokens + 2-D UMAP per λ of the main backbone
 
@@ -77,10 +80,13 @@ def export_model(
     sampling: dict[str, Any],
     *,
     main: bool = False,
+    vaes: dict[str, Path] | None = None,
 ) -> Exported:
-    """Write one model in fp16 into models_dir/name; reference an already-written equal backbone.
-    `sampling`: SamplingConfig fields to ship as the model's defaults (e.g. fewer decoder steps).
-    `main`: the app's default model (info["main"])."""
+    """Write one model in fp16 into models_dir/name; reference an already-written equal backbone
+    (`backbones`) and VAE folder (`vaes`), both keyed by the content hash of their fp16 weights and
+    filled in here. `sampling`: SamplingConfig fields to ship as the model's defaults (e.g. fewer
+    decoder steps). `main`: the app's default model (info["main"])."""
+    vaes = {} if vaes is None else vaes
     model = RepTok.from_pretrained(source)
     model.config.sampling = model.config.sampling.replace(**sampling)
     out = models_dir / name
@@ -95,12 +101,16 @@ def export_model(
         "backbone_source": info.get("backbone_source", info.get("backbone")),
     }
     sha256 = model.backbone_sha256(torch.float16)  # what save_pretrained stores and checks
+    vae_sha256 = model.vae_sha256(torch.float16)  # None: no VAE stored (pixel space, a hub name)
+    backbone_file = vae_folder = None
     if sha256 in backbones:
-        reference = Path("..") / backbones[sha256].relative_to(models_dir)
-        model.save_pretrained(out, backbone_file=reference.as_posix())
-    else:
-        model.save_pretrained(out)
-        backbones[sha256] = out / "backbone.safetensors"
+        backbone_file = (Path("..") / backbones[sha256].relative_to(models_dir)).as_posix()
+    if vae_sha256 in vaes:
+        vae_folder = (Path("..") / vaes[vae_sha256].relative_to(models_dir)).as_posix()
+    model.save_pretrained(out, backbone_file=backbone_file, vae_folder=vae_folder)
+    backbones.setdefault(sha256, out / "backbone.safetensors")
+    if vae_sha256 is not None:
+        vaes.setdefault(vae_sha256, out / "vae")
     if (source / "metrics.json").is_file():
         shutil.copy2(source / "metrics.json", out / "metrics.json")
     return Exported(name, source, model, sha256, lambda_label(model.config.encoder.cosine_weight))
@@ -214,13 +224,14 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     models_dir = args.out / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
     backbones: dict[str, Path] = {}
+    vaes: dict[str, Path] = {}
     sampling = {
         key: value
         for key, value in {"decode_steps": args.decode_steps, "decode_sampler": args.decode_sampler}.items()
         if value is not None
     }
     exported = [
-        export_model(name, folder, models_dir, backbones, sampling, main=i == 0)
+        export_model(name, folder, models_dir, backbones, sampling, main=i == 0, vaes=vaes)
         for i, (name, folder) in enumerate(args.models)
     ]
     for e in exported:

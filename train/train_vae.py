@@ -1,0 +1,211 @@
+"""Train the in-house latent space: a small diffusers `AutoencoderKL` (the paper's SD-VAE role).
+
+    python train/train_vae.py --preset cpu --data data/emoji64.npz --out runs/vae
+    python train/train_tokenizer.py ... --space vae --vae runs/vae/vae     (stage A's flow then runs in it)
+
+No pre-trained VAE can be downloaded here, so the embedded models' latent space is made here, once,
+and every tokenizer references the same folder. The flow of stage A then predicts 16×16×4 latents
+instead of 64×64×3 pixels (3x fewer numbers, and smooth ones), and the VAE's decoder draws the edges.
+
+Loss: L1 + MSE on pixels, plus a small KL term toward N(0, I) that keeps the latent space smooth
+and bounded (SD-VAE's role; it had LPIPS and a GAN on top, which need pre-trained networks and far
+more compute than this machine has, so this VAE is an L1/L2 one). At the end the latent scaling
+factor (1 / std of the posterior means on the train split, SD's convention) is measured and written
+into the saved config, so the flow sees latents of unit variance.
+
+Writes OUT/checkpoint.pt (resume with --resume), OUT/log.jsonl, OUT/run_config.json and, at the
+end, the EMA weights as a diffusers folder OUT/vae (load with AutoencoderKL.from_pretrained).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+from diffusers import AutoencoderKL
+from torch import Tensor, nn
+
+from train.batches import seed_everything
+from train.cli import add_train_args, stage_parser, train_config_from_args
+from train.common import LossFn, TrainConfig, Trainer, to_plain
+from train.data import build_dataset
+
+
+@dataclass
+class VaePreset:
+    # diffusers AutoencoderKL.from_config keyword arguments (plain types: they go to config.json).
+    vae: dict[str, Any]
+    train: TrainConfig
+    kl_weight: float = 1e-6  # per latent element, against a per-pixel reconstruction loss
+    mse_weight: float = 1.0  # L1 + this · MSE: L1 keeps flat colour areas flat, MSE the big errors small
+    flip_p: float = 0.5  # horizontal flips: a generic prior for the latent space, free extra data
+    # Train on random crops of this side (0: whole images). The VAE is convolutional, so it learns
+    # from crops what it applies to whole images (SD-VAE trained at 256 px is used at 512): a 32 px
+    # crop costs a quarter of a 64 px image (40 vs 9 img/s on one core for the cpu preset).
+    crop_size: int = 32
+    image_size: int = 64
+
+
+def _vae_config(channels: Sequence[int], latent_channels: int = 4, layers: int = 1) -> dict[str, Any]:
+    """An AutoencoderKL of len(channels) levels: downsampling factor 2 ** (len(channels) - 1)."""
+    n = len(channels)
+    return {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D"] * n,
+        "up_block_types": ["UpDecoderBlock2D"] * n,
+        "block_out_channels": list(channels),
+        "layers_per_block": layers,
+        "latent_channels": latent_channels,
+        "norm_num_groups": min(32, channels[0]),
+        "sample_size": 64,
+    }
+
+
+PRESETS: dict[str, VaePreset] = {
+    "test": VaePreset(
+        vae=_vae_config((8, 16), latent_channels=4),
+        train=TrainConfig(steps=4, batch_size=4, lr=1e-3, log_every=1, ckpt_every=2),
+        image_size=32,
+    ),
+    # 2 CPU cores: blocks 32/64/128 (factor 4: 64×64×3 -> 16×16×4), ~2.7 M parameters; ~20 min on one
+    # core. Held-out emoji after 2,500 steps: 22.7 dB, SSIM 0.84, 98 % identification.
+    "cpu": VaePreset(
+        vae=_vae_config((32, 64, 128), latent_channels=4),
+        train=TrainConfig(
+            steps=4000,
+            batch_size=32,
+            lr=1e-3,
+            warmup_steps=200,
+            log_every=100,
+            ckpt_every=500,
+            ema_decay=0.999,
+        ),
+    ),
+    # One GPU: the same latent shape, wider blocks and more steps (estimated, not yet run).
+    "gpu": VaePreset(
+        vae=_vae_config((64, 128, 256), latent_channels=4, layers=2),
+        train=TrainConfig(
+            steps=20000,
+            batch_size=128,
+            lr=5e-4,
+            warmup_steps=500,
+            log_every=200,
+            ckpt_every=2000,
+            ema_decay=0.9995,
+        ),
+    ),
+}
+
+
+class VaeModel(nn.Module):
+    def __init__(self, vae: AutoencoderKL) -> None:
+        super().__init__()
+        self.vae = vae
+
+
+def vae_loss(preset: VaePreset) -> LossFn:
+    def loss_fn(
+        model: VaeModel, batch: dict[str, Any], generator: torch.Generator
+    ) -> tuple[Tensor, dict[str, float | Tensor]]:
+        images = batch["image"]  # (B, 3, H, W) in [-1, 1]
+        flip = torch.rand(images.shape[0], generator=generator) < preset.flip_p  # (B,)
+        images = torch.where(flip.to(images.device)[:, None, None, None], images.flip(-1), images)
+        if preset.crop_size:
+            images = random_crop(images, preset.crop_size, generator)  # (B, 3, c, c)
+        posterior = model.vae.encode(images).latent_dist
+        eps = torch.randn(posterior.mean.shape, generator=generator).to(images)
+        latent = posterior.mean + posterior.std * eps  # (B, C, h, w), the reparameterised sample
+        recon = model.vae.decode(latent).sample  # (B, 3, H, W)
+        l1 = (recon - images).abs().mean()
+        mse = (recon - images).square().mean()
+        kl = 0.5 * (posterior.mean.square() + posterior.var - 1.0 - posterior.logvar).mean()
+        loss = l1 + preset.mse_weight * mse + preset.kl_weight * kl
+        psnr = 10 * torch.log10(4.0 / mse.detach())  # images span 2 ([-1, 1]): peak² = 4
+        return loss, {"l1": l1.detach(), "mse": mse.detach(), "kl": kl.detach(), "psnr": psnr}
+
+    return loss_fn
+
+
+def random_crop(images: Tensor, size: int, generator: torch.Generator) -> Tensor:
+    """A size×size crop at a random position per image: (B, 3, H, W) -> (B, 3, size, size)."""
+    b, _, h, w = images.shape
+    top = torch.randint(0, h - size + 1, (b,), generator=generator)
+    left = torch.randint(0, w - size + 1, (b,), generator=generator)
+    rows = (top[:, None] + torch.arange(size)).to(images.device)  # (B, size)
+    cols = (left[:, None] + torch.arange(size)).to(images.device)  # (B, size)
+    index = torch.arange(b, device=images.device)[:, None, None]
+    return images.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+
+
+@torch.no_grad()
+def latent_scale(vae: AutoencoderKL, dataset: Any, batch_size: int = 256) -> float:
+    """SD's scaling factor: 1 / std of the posterior means over the data set."""
+    latents = []
+    for start in range(0, len(dataset), batch_size):
+        images = torch.stack(
+            [dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))]
+        )
+        latents.append(vae.encode(images).latent_dist.mode().flatten())
+    return float(1.0 / torch.cat(latents).std())
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser, name = stage_parser(argv, PRESETS, "cpu", prog="train_vae.py", doc=__doc__)
+    preset = PRESETS[name]
+    parser.add_argument(
+        "--image-size", type=int, default=preset.image_size, help=f"training image side ({preset.image_size})"
+    )
+    parser.add_argument("--kl-weight", type=float, default=preset.kl_weight, help="KL term weight")
+    add_train_args(parser, preset.train, out_default=None)
+    return parser.parse_args(list(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Train the VAE; returns the saved diffusers folder."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    preset = PRESETS[args.preset]
+    preset = VaePreset(**{**preset.__dict__, "kl_weight": args.kl_weight, "image_size": args.image_size})
+    cfg = train_config_from_args(args)
+    dataset = build_dataset(args.data, split="train", image_size=args.image_size)
+    seed_everything(cfg.seed)
+    vae_config = {**preset.vae, "sample_size": args.image_size}
+    model = VaeModel(AutoencoderKL.from_config(vae_config))
+    params = list(model.parameters())
+    run_config = {"stage": "vae", "preset": args.preset, "data": str(Path(args.data).resolve()),
+                  "vae": vae_config, "kl_weight": preset.kl_weight, "mse_weight": preset.mse_weight,
+                  "flip_p": preset.flip_p, "image_size": args.image_size}  # fmt: skip
+    trainer = Trainer(cfg, args.out, model, params, run_config, resume=args.resume)
+    trainer.print(
+        f"VAE | preset {args.preset} | {len(dataset)} images | "
+        f"{sum(p.numel() for p in params) / 1e6:.2f}M parameters | blocks {preset.vae['block_out_channels']}"
+    )
+    trainer.fit(trainer.batches(dataset), vae_loss(preset))
+
+    out = args.out / "vae"
+    if trainer.is_main and trainer.step == cfg.steps:
+        vae: AutoencoderKL = trainer.ema.to("cpu").vae.eval()
+        scale = latent_scale(vae, dataset)
+        vae.register_to_config(scaling_factor=scale, shift_factor=0.0)
+        vae.save_pretrained(out)
+        info = {"trained_with": "train/train_vae.py", "preset": args.preset, "data": args.data,
+                "train_images": len(dataset), "steps": trainer.step, "wall_time_s": round(trainer.elapsed_s, 1),
+                "scaling_factor": scale, "loss": "L1 + MSE + KL", "kl_weight": preset.kl_weight}  # fmt: skip
+        (out / "training.json").write_text(__import__("json").dumps(to_plain(info), indent=2) + "\n")
+        trainer.print(f"saved {out} (scaling factor {scale:.4f})")
+    trainer.accelerator.wait_for_everyone()
+    return out
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, FileExistsError, ValueError) as err:
+        sys.exit(f"error: {err}")
