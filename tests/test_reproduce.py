@@ -29,7 +29,14 @@ def recipe(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.C
     data = write_shapes_npz(
         root / "shapes.npz", [shape_image(c, COLOURS[c], rng) for c in labels], labels, splits
     )
-    env = {**os.environ, "DATA": str(data), "RUNS": str(root / "runs"), "JOBS": "2", "LAMBDAS": "1 inf", "DEFAULT_LAM": "1"}
+    env = {
+        **os.environ,
+        "DATA": str(data),
+        "RUNS": str(root / "runs"),
+        "JOBS": "2",
+        "LAMBDAS": "1 inf",
+        "DEFAULT_LAM": "1",
+    }
     done = subprocess.run(
         ["bash", "train/reproduce.sh", "test"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
     )
