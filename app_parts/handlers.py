@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app_parts import imaging
+from app_parts import imaging, outputs
 from app_parts.registry import NO_MODEL_MESSAGE, ModelRegistry
 from reptok.images import ImageLoadError, load_image
-from reptok.manifold import Manifold, load_manifold, nearest, place
+from reptok.manifold import Manifold, load_manifold, nearest
 from reptok.pipeline import RepTok
 from reptok.sampling import seeded_noise
 
@@ -27,7 +27,7 @@ R = TypeVar("R")
 
 MAX_PROMPT_CHARS = 1000  # the text encoder keeps ~32 tokens anyway; this only bounds the work
 MAX_IMAGES = 16
-Gallery = list[tuple[Image.Image, str]]
+Gallery = outputs.Gallery  # (path of a PNG, caption): handlers return files they wrote (see outputs.py)
 
 
 def friendly_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -57,10 +57,13 @@ def _progress_fn(progress: gr.Progress | None, desc: str) -> Callable[[int, int]
     return lambda done, total: progress((done, total), desc=desc)
 
 
-def _open(path: str | None, what: str = "an image") -> Image.Image:
+def open_upload(path: str | None, min_size: Callable[[], int | None], what: str = "an image") -> Image.Image:
+    """The upload at `path`, decoded at least `min_size()` pixels on its shorter side (large JPEGs are
+    decoded at a reduced scale). `min_size` is called only once there is a path, so a missing upload
+    is reported before any model is loaded."""
     if not path:
         raise gr.Error(f"Please upload {what}.")
-    return load_image(path)  # the one place user files are opened
+    return load_image(path, min_size=min_size())  # the one place user files are opened
 
 
 def _steps(value: object) -> int:
@@ -81,11 +84,52 @@ class Explorer:
             raise gr.Error(NO_MODEL_MESSAGE)
         return self.models.get(label)
 
+    def input_size(self, *labels: str | None) -> Callable[[], int | None]:
+        """For _open: the largest image size of these models (loading them), None when there are none."""
+        return lambda: max((self.model(label).image_size for label in labels), default=None)
+
     def manifold(self) -> Manifold | None:
         with self._lock:
             if self._manifold is None and self.manifold_path.is_file():
                 self._manifold = load_manifold(self.manifold_path)
             return self._manifold
+
+    # ------------------------------------------------------------------------- expected time
+
+    def estimate_reconstruct(self, model_label: str | None, steps: float) -> str:
+        """ "≈ 0.1 s on this machine" for the Reconstruct button: encode and decode, then the
+        4 variations, from the model's measured speed (ModelRegistry.speed: once per model)."""
+
+        def text() -> str:
+            speed, n = self.models.speed(model_label), _steps(steps)
+            first = speed.encode_s + speed.decode_s(n)
+            rest = speed.encode_s + speed.decode_s(n, images=4)
+            return f"≈ {_seconds(first)} on this machine, then ≈ {_seconds(rest)} for the 4 variations"
+
+        return self._estimate(text)
+
+    def estimate_sample(self, model_label: str | None, steps: float, count: float) -> str:
+        """The same for a Sample button: `count` images decoded at `steps` steps (the token
+        generator, one token per image, is not timed)."""
+
+        def text() -> str:
+            n = imaging.clamp_int(count, "number of images", 1, MAX_IMAGES)
+            total = self.models.speed(model_label).decode_s(_steps(steps), images=n)
+            return f"≈ {_seconds(total)} on this machine for {n} image{'s' if n > 1 else ''} (decoder)"
+
+        return self._estimate(text)
+
+    def _estimate(self, text: Callable[[], str]) -> str:
+        """An estimate is a hint: no model, a bad value or a model that fails to load gives none."""
+        if not len(self.models):
+            return ""
+        try:
+            return text()
+        except (gr.Error, ValueError):
+            return ""
+        except Exception:
+            log.exception("timing a model failed")
+            return ""
 
     # ----------------------------------------------------------------------------- reconstruct
 
@@ -97,8 +141,8 @@ class Explorer:
         steps: float,
         seed: float,
         progress: gr.Progress = gr.Progress(track_tqdm=False),  # noqa: B008 (Gradio's idiom)
-    ) -> tuple[Image.Image, Image.Image, Image.Image, str]:
-        picture = _open(image)
+    ) -> tuple[str, str, str, str]:
+        picture = open_upload(image, self.input_size(model_label))
         model = self.model(model_label)
         original = model.to_pil(model.preprocess(picture))[0]  # exactly what the encoder sees
         z, cos = model.encode_with_cosine(picture)  # (1, 1, D), (1,)
@@ -113,7 +157,9 @@ class Explorer:
         )
         if held_out := imaging.held_out_text(self.models.entry(model_label).metrics):
             summary += f"\n\n{held_out}"  # the model itself, measured by train/evaluate.py
-        return original, recon, imaging.error_heatmap(original, recon), summary
+        heat = imaging.error_heatmap(original, recon)
+        paths = outputs.write_pngs([original, recon, heat], ["original", "reconstruction", "error"])
+        return paths[0], paths[1], paths[2], summary
 
     @friendly_errors
     def variations(
@@ -124,7 +170,7 @@ class Explorer:
         seed: float,
         progress: gr.Progress = gr.Progress(track_tqdm=False),  # noqa: B008
     ) -> Gallery:
-        picture = _open(image)
+        picture = open_upload(image, self.input_size(model_label))
         model = self.model(model_label)
         seed_ = imaging.seed_value(seed)
         images = model.variations(
@@ -134,7 +180,7 @@ class Explorer:
             steps=_steps(steps),
             progress=_progress_fn(progress, "variations"),
         )
-        return [(im, f"seed {seed_ + i}") for i, im in enumerate(images)]
+        return outputs.gallery(images, [f"seed {seed_ + i}" for i in range(len(images))])
 
     # -------------------------------------------------------------------------------- sampling
 
@@ -180,7 +226,7 @@ class Explorer:
         if not class_name:
             raise gr.Error("Please choose a class.")
         images = self._sample(model_label, cfg, lo, hi, steps, seed, n, progress, labels=str(class_name))
-        return [(im, str(class_name)) for im in images]
+        return outputs.gallery(images, [str(class_name)] * len(images))
 
     @friendly_errors
     def sample_text(
@@ -200,7 +246,7 @@ class Explorer:
             raise gr.Error("Please enter a prompt.")
         images = self._sample(model_label, cfg, lo, hi, steps, seed, n, progress, prompts=text)
         caption = text if len(text) <= 60 else text[:57] + "..."
-        return [(im, caption) for im in images]
+        return outputs.gallery(images, [caption] * len(images))
 
     # --------------------------------------------------------------------------- interpolation
 
@@ -216,8 +262,9 @@ class Explorer:
         seed: float,
         weight: float,
         progress: gr.Progress = gr.Progress(track_tqdm=False),  # noqa: B008
-    ) -> tuple[Gallery, str, Image.Image, list[Image.Image]]:
-        a, b = _open(image_a, "the first image"), _open(image_b, "the second image")
+    ) -> tuple[Gallery, str, str | None, list[Image.Image]]:
+        size = self.input_size(model_label)
+        a, b = open_upload(image_a, size, "the first image"), open_upload(image_b, size, "the second image")
         if mode not in ("slerp", "lerp"):
             raise gr.Error(f"Mode must be 'slerp' or 'lerp', not {mode!r:.20}.")
         model = self.model(model_label)
@@ -231,58 +278,22 @@ class Explorer:
         images = model.decode(
             tokens, noise=noise, steps=_steps(steps), progress=_progress_fn(progress, "decoding frames")
         )
-        gif = imaging.write_gif(images, imaging.request_dir() / "interpolation.gif")
-        strip = [(im, f"{w:.2f}") for im, w in zip(images, weights.tolist())]
-        return strip, str(gif), self.frame_at(images, weight), images
+        strip = outputs.gallery(images, [f"{w:.2f}" for w in weights.tolist()])
+        gif = outputs.write_gif(images, Path(strip[0][0]).parent / "interpolation.gif")
+        frame = strip[_frame_index(len(images), weight)][0]  # the strip's own file: nothing rewritten
+        return strip, str(gif), frame, images
 
     @staticmethod
-    def frame_at(frames: list[Image.Image] | None, weight: float) -> Image.Image | None:
+    def frame_at(frames: list[Image.Image] | None, weight: float) -> str | None:
+        """The frame at the slider's weight, as a new file (the strip's may be an hour old and gone)."""
         if not frames:
             return None
-        w = imaging.clamp_float(weight, "weight", 0.0, 1.0)
-        return frames[round(w * (len(frames) - 1))]
-
-    # -------------------------------------------------------------------------------- manifold
+        return outputs.write_pngs([frames[_frame_index(len(frames), weight)]], ["frame"])[0]
 
     def manifold_settings(self) -> list[str]:
+        """The manifold file's λ labels, in its order ([] without a file); the tab: tab_manifold.py."""
         m = self.manifold()
         return list(m.settings) if m is not None else []
-
-    @friendly_errors
-    def manifold_plot(
-        self,
-        lam: str | None,
-        image: str | None,
-        progress: gr.Progress = gr.Progress(track_tqdm=False),  # noqa: B008
-    ) -> tuple[Any, str]:
-        m = self.manifold()
-        if m is None:
-            return None, (
-                f"No precomputed manifold at `{self.manifold_path.name}` yet: it is written by "
-                "`train/` (held-out tokens of each shipped tokenizer). The other tabs work without it."
-            )
-        if not m.settings:
-            return None, "The manifold file holds no settings."
-        lam = lam if lam in m.settings else next(iter(m.settings))
-        xy, tokens = m.settings[lam]["xy"], m.settings[lam]["tokens"].astype(np.float32)
-        note = f"{len(m.names)} held-out tokens, λ = {lam}."
-        spot = None
-        if image:
-            picture = _open(image)
-            label = self.models.by_lambda(lam)
-            model = self.model(label)
-            if label is None:
-                note += (
-                    f" No loaded model has λ = {lam}; your image was encoded with `{self.models.default}`."
-                )
-            z = model.encode(picture).reshape(-1).float().cpu().numpy()  # (D,)
-            if z.shape[0] != tokens.shape[1]:
-                note += f" Cannot place your image: its token has {z.shape[0]} numbers, the map's {tokens.shape[1]}."
-            else:
-                spot = place(z, tokens, xy)
-                names = ", ".join(m.names[i] for i in nearest(z, tokens, 5))
-                note += f" Your image's nearest neighbours: {names}."
-        return _scatter(m, xy, spot), note
 
     # ------------------------------------------------------------------------------- backbones
 
@@ -296,12 +307,12 @@ class Explorer:
     ) -> tuple[Gallery, Gallery, str]:
         """The image through one tokenizer per backbone, and through the λ sweep of the default's
         backbone; each tokenizer's nearest held-out emoji in its own latent space."""
-        picture = _open(image)
+        backbones, lambdas = self.models.backbone_row(), self.models.lambda_row()
+        keys = list(dict.fromkeys(e.key for e in [*backbones, *lambdas]))  # the default is in both
+        picture = open_upload(image, self.input_size(*keys))
         if not len(self.models):
             raise gr.Error(NO_MODEL_MESSAGE)
         m = self.manifold()
-        backbones, lambdas = self.models.backbone_row(), self.models.lambda_row()
-        keys = list(dict.fromkeys(e.key for e in [*backbones, *lambdas]))  # the default is in both
         done: dict[str, tuple[Image.Image, str]] = {}
         lines: list[str] = []
         for i, key in enumerate(keys):
@@ -320,50 +331,22 @@ class Explorer:
                 lines.append(
                     f"- **{key}** ({entry.backbone}, λ={entry.lam}): {', '.join(m.names[j] for j in idx)}"
                 )
-        by_backbone = [(done[e.key][0], f"{e.backbone} · {done[e.key][1]}") for e in backbones]
-        by_lambda = [(done[e.key][0], f"λ={e.lam} · {done[e.key][1]}") for e in lambdas]
+        by_backbone = outputs.gallery(
+            [done[e.key][0] for e in backbones], [f"{e.backbone} · {done[e.key][1]}" for e in backbones]
+        )
+        by_lambda = outputs.gallery(
+            [done[e.key][0] for e in lambdas], [f"λ={e.lam} · {done[e.key][1]}" for e in lambdas]
+        )
         return by_backbone, by_lambda, "**Nearest neighbours in each latent space**\n\n" + "\n".join(lines)
 
 
-def _scatter(m: Manifold, xy: np.ndarray, spot: np.ndarray | None) -> Any:
-    import plotly.graph_objects as go
+def _seconds(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds:.2f} s"
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
-    names, cats = np.array(m.names), np.array(m.categories)
-    fig = go.Figure()
-    for cat in sorted(set(m.categories)):
-        idx = np.flatnonzero(cats == cat)
-        fig.add_trace(
-            go.Scatter(
-                x=xy[idx, 0],
-                y=xy[idx, 1],
-                mode="markers",
-                name=cat,
-                text=names[idx],
-                hovertemplate="%{text}<extra>" + cat + "</extra>",
-                marker={"size": 6, "opacity": 0.75},
-            )
-        )
-    if spot is not None:
-        fig.add_trace(
-            go.Scatter(
-                x=[spot[0]],
-                y=[spot[1]],
-                mode="markers",
-                name="your image",
-                hovertemplate="your image<extra></extra>",
-                marker={
-                    "size": 18,
-                    "symbol": "star",
-                    "color": "black",
-                    "line": {"width": 2, "color": "white"},
-                },
-            )
-        )
-    fig.update_layout(
-        height=560,
-        margin={"l": 10, "r": 10, "t": 30, "b": 10},
-        xaxis={"showticklabels": False, "title": ""},
-        yaxis={"showticklabels": False, "title": ""},
-        legend={"itemsizing": "constant"},
-    )
-    return fig
+
+def _frame_index(count: int, weight: float) -> int:
+    return round(imaging.clamp_float(weight, "weight", 0.0, 1.0) * (count - 1))

@@ -1,26 +1,17 @@
-"""Image helpers for the app: error heat map, PSNR/SSIM, GIF, input validation, and the text that
-sums up a model's held-out metrics. No Gradio here."""
+"""Image helpers for the app: error heat map, PSNR/SSIM, input validation, and the text that
+sums up a model's held-out metrics. No Gradio here (output files: app_parts/outputs.py)."""
 
 from __future__ import annotations
 
 import functools
 import math
-import shutil
-import tempfile
-import time
-import uuid
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
 from reptok import metrics
-
-# The app's own scratch space (GIFs): under the system temp dir, which Gradio may serve outputs from.
-CACHE_DIR = Path(tempfile.gettempdir()) / "reptok-explorer"
-_MAX_AGE_S = 3600.0
 
 # A few anchors of matplotlib's "inferno" (dark = no error, bright = large error), interpolated.
 _INFERNO = np.array(
@@ -136,29 +127,6 @@ def held_out_text(metrics: Mapping[str, object]) -> str:
     about = [f"n = {n:.0f}"] if n is not None else []
     about += [f"{steps:.0f} steps"] if steps is not None else []
     return "Held-out emoji" + (f" ({', '.join(about)})" if about else "") + ": " + " · ".join(parts)
-
-
-def request_dir() -> Path:
-    """A fresh folder for one request's files; folders older than an hour are removed first."""
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    for old in CACHE_DIR.iterdir():
-        try:
-            if old.is_dir() and now - old.stat().st_mtime > _MAX_AGE_S:
-                shutil.rmtree(old, ignore_errors=True)
-        except OSError:
-            pass  # another request removed it first
-    path = CACHE_DIR / uuid.uuid4().hex
-    path.mkdir()
-    return path
-
-
-def write_gif(frames: list[Image.Image], path: Path, fps: float = 8.0, scale: int = 4) -> Path:
-    """A looping GIF that goes there and back (a → b → a), upscaled so small images are visible."""
-    big = [f.resize((f.width * scale, f.height * scale), Image.Resampling.NEAREST) for f in frames]
-    loop = big + big[-2:0:-1]
-    loop[0].save(path, save_all=True, append_images=loop[1:], duration=int(1000 / fps), loop=0)
-    return path
 
 
 # ------------------------------------------------------------------------- input validation

@@ -7,9 +7,12 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from reptok.encoder import BACKBONE_METHODS
 from reptok.manifold import lambda_label
@@ -22,6 +25,40 @@ MODELS_ENV = "REPTOK_MODELS_DIR"
 METHOD_ORDER = {method: i for i, method in enumerate(BACKBONE_METHODS)}  # the paper's table order
 
 
+@dataclass(frozen=True)
+class DecodeSpeed:
+    """One model's measured speed on this machine (batch of one), for the "≈ 0.1 s" next to a button."""
+
+    encode_s: float  # one image through the encoder
+    step_s: float  # one decoder step (a Heun step counts its two evaluations)
+    fixed_s: float  # per decode, whatever the steps: noise, the VAE decoder, the PIL conversion
+
+    def decode_s(self, steps: int, images: int = 1) -> float:
+        """A decode of `images` tokens at `steps` steps; a batch is counted as that many single
+        decodes (CPU: roughly right for the small models, pessimistic for the tiniest)."""
+        return images * (steps * self.step_s + self.fixed_s)
+
+
+def measure_speed(model: RepTok) -> DecodeSpeed:
+    """Time one encode and decodes of 1 and 3 steps (after one untimed warm-up decode): the step
+    time is the difference, so the fixed cost is not counted per step. About five decoder steps."""
+    from PIL import Image
+
+    image = Image.new("RGB", (model.image_size, model.image_size), "white")
+    z = model.encode(image)  # (1, 1, D); also warms the encoder
+
+    def timed(fn: Callable[[], object]) -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    encode_s = timed(lambda: model.encode(image))
+    model.decode(z, steps=1)  # warm-up: lazy initialisation, allocator
+    one, three = timed(lambda: model.decode(z, steps=1)), timed(lambda: model.decode(z, steps=3))
+    step_s = max((three - one) / 2, 1e-4)  # timer noise can make the difference ~0 for tiny models
+    return DecodeSpeed(encode_s=encode_s, step_s=step_s, fixed_s=max(one - step_s, 0.0))
+
+
 @dataclass
 class ModelEntry:
     """A model folder and its config (read at discovery: cheap); the weights load on demand."""
@@ -31,6 +68,7 @@ class ModelEntry:
     config: RepTokConfig
     model: RepTok | None = None
     metrics: dict[str, object] = field(default_factory=dict)  # its metrics.json, read with the model
+    speed: DecodeSpeed | None = None  # measured on first ask (ModelRegistry.speed), then kept
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -109,24 +147,53 @@ def discover_model_dirs() -> list[Path]:
 
 
 class ModelRegistry:
-    """Model folders by label; `get(label)` loads a model on first use (once, even under concurrency)."""
+    """Model folders by label; `get(label)` loads a model on first use (once, even under concurrency).
+
+    `add(folder)` registers one more while the app runs (the official model, once downloaded).
+    Readers never lock: `add` builds a new `entries` dict and swaps it in, so a loop over the old
+    one is never changed under it; `version` counts the additions (the app's dropdowns compare it)."""
 
     def __init__(self, model_dirs: Iterable[str | os.PathLike[str]] | None = None) -> None:
         dirs = discover_model_dirs() if model_dirs is None else [Path(p) for p in model_dirs]
         self.entries: dict[str, ModelEntry] = {}
         self.problems: list[str] = []  # folders that could not be read, shown in the About tab
+        self.version = 0
+        self._add_lock = threading.Lock()
         for path in dirs:
-            try:
-                config = RepTokConfig.from_dict(json.loads((path / "config.json").read_text()))
-            except (OSError, ValueError, TypeError) as err:
-                self.problems.append(f"{path}: {err}")
-                continue
-            key = str(config.info.get("name") or path.name)
-            if key in self.entries:  # two folders with the same name in their config: keep both
-                key = f"{key} ({path.name})"
-            self.entries[key] = ModelEntry(key=key, path=path, config=config)
+            entry = self._read(path, self.entries)
+            if entry is not None:
+                self.entries[entry.key] = entry
         # The main model (train/export.py marks the first it exports) leads: it is the default.
         self.entries = dict(sorted(self.entries.items(), key=lambda kv: not kv[1].is_main))
+
+    def _read(self, path: Path, taken: dict[str, ModelEntry]) -> ModelEntry | None:
+        """The entry for a model folder (its config only), or None with the reason in `problems`."""
+        try:
+            config = RepTokConfig.from_dict(json.loads((path / "config.json").read_text()))
+        except (OSError, ValueError, TypeError) as err:
+            self.problems.append(f"{path}: {err}")
+            return None
+        key = str(config.info.get("name") or path.name)
+        if key in taken:  # two folders with the same name in their config: keep both
+            key = f"{key} ({path.name})"
+        return ModelEntry(key=key, path=path, config=config)
+
+    def add(self, folder: str | os.PathLike[str]) -> str:
+        """Register a model folder while the app runs (thread-safe); its label. A folder already
+        registered keeps its label. Added models go last: the default model does not change.
+        Raises ValueError when the folder holds no readable config.json."""
+        path = Path(folder)
+        with self._add_lock:
+            for entry in self.entries.values():
+                if entry.path.resolve() == path.resolve():
+                    return entry.key
+            problems = len(self.problems)
+            entry = self._read(path, self.entries)
+            if entry is None:
+                raise ValueError(f"cannot add {path}: {self.problems[problems:][0]}")
+            self.entries = {**self.entries, entry.key: entry}  # swapped in whole: see the class doc
+            self.version += 1
+            return entry.key
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -157,6 +224,15 @@ class ModelRegistry:
                 entry.model = RepTok.from_pretrained(entry.path)
                 entry.metrics = read_metrics(entry.model.source or entry.path)
             return entry.model
+
+    def speed(self, label: str | None = None) -> DecodeSpeed:
+        """The model's measured speed on this machine (loading the model; measured once, ~5 steps)."""
+        model, entry = self.get(label), self.entry(label)
+        with entry.lock:
+            if entry.speed is None:
+                with torch.inference_mode():
+                    entry.speed = measure_speed(model)
+            return entry.speed
 
     def comparable(self) -> ModelEntry:
         """The default model, or its same-budget twin (same backbone and λ, another folder) where one

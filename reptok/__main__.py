@@ -1,6 +1,7 @@
-"""Command line: python -m reptok {info,init,reconstruct,sample,interpolate,convert-official}.
+"""Command line: python -m reptok {info,init,reconstruct,sample,interpolate,convert-official,fetch-official}.
 
-With no --model, the embedded default in assets/models/ is used once it exists.
+With no --model, the embedded default in assets/models/ is used once it exists; --model takes a
+model folder or a Hub repo id ("user/name", through huggingface_hub's cache; see reptok.hub).
 """
 
 from __future__ import annotations
@@ -17,13 +18,19 @@ DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "assets" / "models" / "rep
 
 
 def _load(path: str | None, device: str):
+    from reptok.hub import looks_like_repo_id
     from reptok.pipeline import RepTok
 
     model_dir = Path(path) if path else DEFAULT_MODEL
-    if not (model_dir / "config.json").is_file():
-        hint = "" if path else " (the embedded default is not there yet; pass --model PATH)"
-        raise SystemExit(f"error: no RepTok model at {model_dir}{hint}")
-    return RepTok.from_pretrained(model_dir, device=device)
+    if (model_dir / "config.json").is_file():
+        return RepTok.from_pretrained(model_dir, device=device)
+    if path and not model_dir.exists() and looks_like_repo_id(path):
+        try:
+            return RepTok.from_pretrained(path, device=device)
+        except (FileNotFoundError, ValueError) as err:
+            raise SystemExit(f"error: {err}") from err
+    hint = "" if path else " (the embedded default is not there yet; pass --model PATH)"
+    raise SystemExit(f"error: no RepTok model at {model_dir}{hint}")
 
 
 def _out_dir(path: str) -> Path:
@@ -90,6 +97,29 @@ def cmd_convert_official(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         raise SystemExit(f"error: {err}") from err
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_fetch_official(args: argparse.Namespace) -> int:
+    """Download the authors' checkpoint (resumable, verified), convert it once; cached after that."""
+    from reptok.download import DownloadError, default_official_dir, ensure_official
+
+    out = Path(args.out).expanduser() if args.out else default_official_dir()
+    if (out / "config.json").is_file():
+        print(f"{out} is already there (delete it to fetch again)")
+        return 0
+    dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[args.dtype]
+    try:
+        out = ensure_official(
+            out, url=args.url, checkpoint=args.checkpoint, vae=args.vae, dtype=dtype,
+            keep_checkpoint=args.keep_checkpoint,
+        )  # fmt: skip
+    except DownloadError as err:
+        raise SystemExit(f"error: {err}") from err
+    print(f"wrote {out}")
+    print(
+        f"use it: python -m reptok info --model {out}; in the app: REPTOK_MODELS_DIR={out.parent} python app.py"
+    )
     return 0
 
 
@@ -205,6 +235,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
     p.set_defaults(func=cmd_convert_official)
+
+    p = sub.add_parser(
+        "fetch-official", help="download the official RepTok-XL checkpoint and convert it (once; cached)"
+    )
+    p.add_argument(
+        "--out",
+        help="model folder to write (default: $REPTOK_MODELS_DIR/ or checkpoints/ + reptok-xl-imagenet256)",
+    )
+    p.add_argument("--url", help="where to download the checkpoint from (default: the authors' URL)")
+    p.add_argument(
+        "--checkpoint", help="where the .ckpt is written (default: next to --out); an existing file is used"
+    )
+    p.add_argument("--keep-checkpoint", action="store_true", help="keep the .ckpt after converting it")
+    p.add_argument(
+        "--vae", choices=["hub", "checkpoint"], default="hub",
+        help="hub: stabilityai/sd-vae-ft-mse through diffusers on first use; checkpoint: the checkpoint's copy",
+    )  # fmt: skip
+    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32"], default="float16")
+    p.set_defaults(func=cmd_fetch_official)
 
     p = sub.add_parser("reconstruct", parents=[common], help="encode each image to one token and decode it")
     p.add_argument("images", nargs="+", help="input images (PNG, JPEG, WebP, GIF, BMP)")

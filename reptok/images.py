@@ -7,6 +7,15 @@ pixels, and turn every failure into an :class:`ImageLoadError` whose text a
 person understands. The result is always a fresh 8-bit RGB image with
 transparency composited over white (the embedded training data, emoji, is
 composited the same way).
+
+Phone photos are JPEGs of 12 to 50 megapixels, and the models need a few
+hundred pixels. A JPEG is decoded at a reduced scale (libjpeg's DCT scaling,
+Pillow's draft mode; see :func:`_draft_jpeg`) and the pixel cap applies to the
+size actually decoded. A baseline 48-megapixel photo then takes ~10 MB and a
+few tens of milliseconds instead of 144 MB. A progressive JPEG still buffers
+its DCT coefficients at full size (~3 bytes a pixel at 4:2:0); Pillow's own
+open-time limit (``Image.MAX_IMAGE_PIXELS``, ~89 megapixels, an error here)
+bounds that.
 """
 
 from __future__ import annotations
@@ -17,11 +26,14 @@ import warnings
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 MAX_FILE_BYTES: int = 20 * 1024 * 1024
 MAX_PIXELS: int = 40_000_000
 ALLOWED_FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"})
+# libjpeg decodes at 1/1, 1/2, 1/4 or 1/8 scale by scaling its inverse DCT (Pillow's draft mode):
+# the full-size pixels are never made, so time and memory follow the reduced size.
+_JPEG_SCALES: tuple[int, ...] = (1, 2, 4, 8)
 
 _MB = 1024 * 1024
 _FORMATS_HINT = "Use PNG, JPEG, WebP, GIF or BMP."
@@ -59,12 +71,20 @@ def load_image(
     *,
     max_bytes: int = MAX_FILE_BYTES,
     max_pixels: int = MAX_PIXELS,
+    min_size: int | None = None,
 ) -> Image.Image:
     """Open an untrusted image and return it as an 8-bit RGB PIL image (loaded, file closed).
 
     ``source`` is a path, the file's bytes, a binary file-like object (read,
     not closed: the caller owns it) or a PIL image (only converted). GIF and
     WebP animations give their first frame; EXIF orientation is applied.
+
+    ``min_size`` is the side the caller needs (a model's input size: it takes a
+    central square of the shorter side). A JPEG is then decoded at the smallest
+    scale whose shorter side is still at least ``min_size``, so a 48-megapixel
+    phone photo costs a few megabytes, not 144. Whatever ``min_size`` is, a JPEG
+    over ``max_pixels`` is decoded at the scale that fits, if one does; other
+    formats have no reduced decoding and are held to ``max_pixels`` as they are.
     """
     if isinstance(source, Image.Image):
         _check_pixels(source.size, max_pixels)
@@ -72,7 +92,7 @@ def load_image(
     data = _read_capped(source, max_bytes)
     if not data:
         raise ImageLoadError("The file is empty.")
-    return _decode(data, max_pixels)
+    return _decode(data, max_pixels, min_size)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -152,7 +172,7 @@ def _read_path(path: str, max_bytes: int) -> bytes:
         raise ImageLoadError(f"The file cannot be read: {path} ({err.strerror or err})") from err
 
 
-def _decode(data: bytes, max_pixels: int) -> Image.Image:
+def _decode(data: bytes, max_pixels: int, min_size: int | None) -> Image.Image:
     # Warnings are process-wide state; catch_warnings keeps the "bomb warning is an
     # error" rule local instead of lowering Image.MAX_IMAGE_PIXELS for everyone.
     with warnings.catch_warnings():
@@ -161,9 +181,11 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image:
         warnings.filterwarnings("ignore", r"(possibly )?corrupt exif", UserWarning)
         try:
             with Image.open(io.BytesIO(data), formats=sorted(ALLOWED_FORMATS)) as opened:
+                if isinstance(opened, JpegImagePlugin.JpegImageFile):  # also MPO, a JPEG with extras
+                    _draft_jpeg(opened, min_size, max_pixels)  # sets the decoded size; header only
                 _check_pixels(opened.size, max_pixels)  # header only, nothing decoded yet
                 opened.load()  # first frame; raises on truncation (LOAD_TRUNCATED_IMAGES is False)
-                image = _apply_exif_orientation(opened)
+                image = _apply_exif_orientation(opened)  # on the reduced image: same orientation tag
         except ImageLoadError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -179,6 +201,26 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image:
         except Exception as err:  # untrusted input: any other decoder failure means a damaged file
             raise ImageLoadError(_CORRUPT) from err
     return to_rgb(image)
+
+
+def _draft_jpeg(jpeg: JpegImagePlugin.JpegImageFile, min_size: int | None, max_pixels: int) -> None:
+    """Make Pillow decode ``jpeg`` at 1/scale: the largest scale whose shorter side is still at least
+    ``min_size`` (none given: no reduction), and at least the smallest scale under ``max_pixels``.
+    A JPEG still over the cap at 1/8 is refused here, with its full size in the message."""
+    width, height = jpeg.size
+
+    def pixels(scale: int) -> int:  # the size libjpeg decodes to: each side rounded up
+        return -(-width // scale) * -(-height // scale)
+
+    fitting = [s for s in _JPEG_SCALES if pixels(s) <= max_pixels]
+    if not fitting:
+        _check_pixels(jpeg.size, max_pixels)  # raises: a bomb, or more than even 1/8 can bring down
+    wanted = [s for s in _JPEG_SCALES if min_size and min(width, height) // s >= min_size]
+    scale = max([fitting[0], *wanted])
+    if scale > 1:
+        # draft picks the largest scale that keeps each side at least the requested one; asking for
+        # (width // scale, height // scale) gives exactly `scale` (each ratio is in [scale, 2·scale)).
+        jpeg.draft("RGB", (max(1, width // scale), max(1, height // scale)))
 
 
 def _apply_exif_orientation(opened: Image.Image) -> Image.Image:

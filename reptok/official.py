@@ -1,6 +1,7 @@
 """The authors' released checkpoint, `reptok-xl-600k-ImageNet.ckpt`, as a model of this library.
 
     python -m reptok convert-official reptok-xl-600k-ImageNet.ckpt --out assets/models/reptok-xl-imagenet256
+    python -m reptok fetch-official --out DIR     # download, verify and convert in one step (reptok.download)
 
 The file is the Lightning module of the official generator training (`TrainerModuleLatentFlow`):
 
@@ -52,6 +53,11 @@ from reptok.generator import MIXER_PRESETS, MixerGenerator, MixerGeneratorConfig
 from reptok.pipeline import RepTok, RepTokConfig, SamplingConfig
 
 CHECKPOINT_URL = "https://ommer-lab.com/files/reptok/reptok-xl-600k-ImageNet.ckpt"
+# Size in bytes and sha256 of the file at CHECKPOINT_URL: not recorded yet (it has never been
+# downloaded where this library was written: no network). None: `reptok.download` checks the size
+# against the server's Content-Length and the zip CRCs only. Record both from a verified download.
+CHECKPOINT_SIZE: int | None = None
+CHECKPOINT_SHA256: str | None = None
 SD_VAE = "stabilityai/sd-vae-ft-mse"
 # diffusers config of SD_VAE: rebuilds it offline from the copy inside the checkpoint (vae="checkpoint").
 SD_VAE_CONFIG: dict[str, Any] = {

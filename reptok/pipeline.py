@@ -7,7 +7,8 @@
     frames = model.decode(model.interpolate(z_a, z_b, torch.linspace(0, 1, 8)), seed=0)
 
 The folder's format (config.json + fp16 safetensors, a shared backbone and VAE stored once) is
-`reptok.storage`; the config, `reptok.model_config`.
+`reptok.storage`; the config, `reptok.model_config`; Hub repos (from_pretrained("user/name"),
+push_to_hub), `reptok.hub`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from reptok import storage
+from reptok import hub, storage
 from reptok.decoder import Decoder, ImageSpace
 from reptok.encoder import Encoder
 from reptok.generator import MixerGenerator, TextGenerator
@@ -123,9 +124,21 @@ class RepTok:
         *,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
+        subfolder: str | None = None,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
     ) -> RepTok:
-        """Load a saved folder; every component (the VAE too) computes in `dtype` on `device`."""
-        root = Path(path)
+        """Load a saved folder, or a Hub repo id ("user/reptok-emoji"; a local folder wins when it
+        exists); every component (the VAE too) computes in `dtype` on `device`. The Hub arguments
+        are diffusers': `subfolder` (a model folder inside the repo; the siblings its config
+        references come too), `revision`, `cache_dir`, `local_files_only` (or HF_HUB_OFFLINE=1),
+        `token`. See `reptok.hub`."""
+        root = hub.resolve(
+            path, subfolder=subfolder, revision=revision, cache_dir=cache_dir,
+            local_files_only=local_files_only, token=token,
+        )  # fmt: skip
         config = storage.read_config(root)
         storage.check_vae_folder(root, config)  # before the VAE is built from it
         # The backbone's own weights come from our file, never from the hub.
@@ -134,6 +147,24 @@ class RepTok:
         storage.load_weights(model, root)
         model.source = root
         return model.to(device, dtype)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        commit_message: str = "Upload RepTok model",
+        subfolder: str | None = None,
+        dtype: torch.dtype = torch.float16,
+    ) -> Any:
+        """Upload a self-contained copy (own backbone and VAE, no "../" reference) to the Hub repo
+        `repo_id`, created if missing; `from_pretrained(repo_id)` loads it. See `reptok.hub`."""
+        return hub.push_to_hub(
+            self, repo_id, private=private, token=token, revision=revision,
+            commit_message=commit_message, subfolder=subfolder, dtype=dtype,
+        )  # fmt: skip
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> RepTok:
         for module in self.components().values():

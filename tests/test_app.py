@@ -8,6 +8,7 @@ import socket
 import struct
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ from reptok.pipeline import RepTok  # noqa: E402
 from tests.helpers import CLASS_NAMES, randomize_, tiny_config  # noqa: E402
 
 SIZE = 32  # the tiny model's image size
+LAMBDAS = ["0", "1", "inf"]  # the test manifold's settings, in its order
 
 
 def _free_port() -> int:
@@ -104,7 +106,8 @@ def manifold_path(model_dir: Path, files: dict[str, Path], tmp_path_factory: pyt
     path = tmp_path_factory.mktemp("manifold") / "manifold.npz"
     key = ModelRegistry([model_dir]).default
     assert key is not None
-    settings = {"1": {"xy": fit_2d(tokens), "tokens": tokens}}
+    # Three λ settings; only "1" has a model (the tiny one): the others fall back to it, with a note.
+    settings = {lam: {"xy": fit_2d(tokens, seed=i), "tokens": tokens} for i, lam in enumerate(LAMBDAS)}
     return save_manifold(path, names=names, categories=cats, settings=settings, model_tokens={key: tokens})
 
 
@@ -178,16 +181,34 @@ def test_interpolate(client: Client, files: dict[str, Path]) -> None:
 
 
 def test_manifold(client: Client, files: dict[str, Path]) -> None:
-    plot, note = client.predict("1", None, api_name="/manifold")
-    assert plot is not None and "12 held-out tokens" in note
-    plot, note = client.predict("1", handle_file(files["rgb.png"]), api_name="/manifold")
-    assert "nearest neighbours: emoji" in note
+    plot, note = client.predict(None, api_name="/manifold")
+    figure = json.loads(plot["plot"])  # gr.Plot's payload: the Plotly figure as JSON
+    assert [a["text"] for a in figure["layout"]["annotations"]] == [f"λ = {lam}" for lam in LAMBDAS]
+    assert "12 held-out tokens" in note and "Click a point" in note
+    plot, note = client.predict(handle_file(files["rgb.png"]), api_name="/manifold")
+    stars = [t for t in json.loads(plot["plot"])["data"] if t["name"] == "your image"]
+    assert len(stars) == len(LAMBDAS)
+    assert "- **λ = 1** (`tiny`): emoji" in note  # neighbours per λ, each λ with its own model ...
+    assert (
+        "- **λ = 0** (`tiny`; no loaded model has λ = 0, so `tiny` encoded it): emoji" in note
+    )  # ... or not
+
+
+def test_manifold_emoji_by_name(client: Client) -> None:
+    gallery, text = client.predict("emoji 4", api_name="/manifold_emoji")
+    # No original images in this test (no data set): the point's token decoded at each λ with a model.
+    assert [item["caption"] for item in gallery] == ["λ = 1"]
+    assert Image.open(_item_path(gallery[0])).size == (SIZE, SIZE)
+    assert "**emoji 4**" in text and "no original images" in text and "no model for λ = 0, inf" in text
+    # A name not on the map: Gradio's dropdown refuses it (the handler would say "No emoji called ...").
+    assert "not in the list of choices" in _error(client, "no such emoji", api_name="/manifold_emoji")
 
 
 def test_manifold_missing(model_dir: Path, tmp_path: Path) -> None:
     from app_parts.handlers import Explorer
+    from app_parts.tab_manifold import ManifoldView
 
-    plot, note = Explorer(ModelRegistry([model_dir]), tmp_path / "nope.npz").manifold_plot("1", None)
+    plot, note = ManifoldView(Explorer(ModelRegistry([model_dir]), tmp_path / "nope.npz")).plot(None)
     assert plot is None and "No precomputed manifold" in note
 
 
@@ -229,6 +250,85 @@ def test_registry_rows_one_tokenizer_per_backbone_and_per_lambda(model_dir: Path
     assert registry.default == "main"
     assert [e.key for e in registry.backbone_row()] == ["d-random-lam1", "e-clip-lam1", "b-dino-lam1"]
     assert [e.key for e in registry.lambda_row()] == ["a-clip-lam0", "e-clip-lam1", "c-clip-laminf"]
+
+
+# ------------------------------------------------------------------------------- concurrency
+
+USERS, CALLS_EACH, BURSTS = 8, 3, 4
+
+
+def test_concurrent_users_get_whole_answers(client: Client, files: dict[str, Path], tmp_path: Path) -> None:
+    """8 users at once, each sending 3 identical reconstructions (same image, same seed): every answer
+    arrives whole. Identical outputs used to share one file in Gradio's cache, rewritten by the next
+    request while an earlier one's client was downloading it (app_parts/outputs.py says how); before
+    the fix, 12 of the 96 calls of these 4 bursts failed."""
+    users = [Client(client.src, verbose=False, download_files=tmp_path / f"user{i}") for i in range(USERS)]
+
+    def user(c: Client) -> list[tuple[str, ...] | BaseException]:
+        jobs = [
+            c.submit(handle_file(files["rgb.png"]), "tiny", 2, 7, api_name="/reconstruct")
+            for _ in range(CALLS_EACH)
+        ]
+        answers: list[tuple[str, ...] | BaseException] = []
+        for job in jobs:
+            try:
+                answers.append(tuple(job.result(timeout=60)))
+            except Exception as err:  # collected, so one failure does not hide the others
+                answers.append(err)
+        return answers
+
+    answers: list[tuple[str, ...] | BaseException] = []
+    with ThreadPoolExecutor(USERS) as pool:
+        for _ in range(BURSTS):
+            answers += [a for batch in pool.map(user, users) for a in batch]
+    failed = [repr(a) for a in answers if isinstance(a, BaseException)]
+    assert not failed, f"{len(failed)} of {len(answers)} calls failed: {failed[:3]}"
+    reconstructions = set()
+    for original, recon, heat, _summary in answers:  # type: ignore[misc]
+        for path, size in ((original, SIZE), (recon, SIZE), (heat, 4 * SIZE)):
+            with Image.open(path) as image:
+                image.load()  # raises on a truncated file
+                assert image.size == (size, size)
+        reconstructions.add(Path(recon).read_bytes())
+    assert len(reconstructions) == 1  # same image, same seed: the same reconstruction, every time
+    # On the server, each answer's files are its own: a folder per request, not a path named by content.
+    raw = Client(client.src, verbose=False, download_files=False)  # answers name the server's files
+    folders = set()
+    for _ in range(2):
+        *images, _summary = raw.predict(handle_file(files["rgb.png"]), "tiny", 2, 7, api_name="/reconstruct")
+        folders |= {Path(image["path"]).parent for image in images}
+    assert len(folders) == 2 and all(folder.parent.name == "reptok-explorer" for folder in folders)
+
+
+def test_output_files_are_written_whole_or_not_at_all(tmp_path: Path) -> None:
+    from app_parts import outputs
+
+    first, second = outputs.request_dir(tmp_path), outputs.request_dir(tmp_path)
+    assert first != second and first.parent == second.parent == tmp_path  # a folder per request
+    path = outputs.write_atomically(
+        first / "a.png", lambda file: Image.new("RGB", (4, 4), (1, 2, 3)).save(file, "PNG")
+    )
+    assert Image.open(path).getpixel((0, 0)) == (1, 2, 3)
+
+    def disk_full(file: object) -> None:
+        file.write(b"half an image")  # type: ignore[attr-defined]
+        raise OSError("No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        outputs.write_atomically(first / "b.png", disk_full)
+    assert [p.name for p in first.iterdir()] == ["a.png"]  # no partial b.png, no temporary file
+
+
+def test_phone_photo_upload(client: Client, tmp_path: Path) -> None:
+    """A 48-megapixel JPEG, as a phone takes it, goes through the app (decoded at a reduced scale)."""
+    photo = tmp_path / "phone.jpg"
+    small = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    Image.fromarray(small).resize((8000, 6000), Image.Resampling.BILINEAR).save(photo, quality=85)
+    original, recon, _heat, summary = client.predict(
+        handle_file(photo), "tiny", 1, 0, api_name="/reconstruct"
+    )
+    assert Image.open(original).size == Image.open(recon).size == (SIZE, SIZE)
+    assert "PSNR" in summary
 
 
 # ------------------------------------------------------------------------------- bad inputs
@@ -390,3 +490,139 @@ def test_reconstruct_shows_the_models_held_out_metrics(
     *_, summary = Explorer(registry, tmp_path / "none.npz").reconstruct(str(files["rgb.png"]), "tiny", 1, 0)
     assert "PSNR" in summary and "Held-out emoji (n = 579, 8 steps): identification 62 %" in summary
     assert registry.entry("tiny").metrics["n"] == 579  # read once, with the model
+
+
+# ------------------------------------------------------------------------------- manifold across λ
+
+
+def _manifold(path: Path, lams: list[str], dim: int, n: int = 12) -> Path:
+    rng = np.random.default_rng(len(lams))
+    tokens = rng.normal(size=(n, dim)).astype(np.float32)
+    settings = {
+        lam: {"xy": rng.normal(size=(n, 2)).astype(np.float32), "tokens": tokens + 0.1 * i}
+        for i, lam in enumerate(lams)
+    }
+    names, cats = [f"emoji {i}" for i in range(n)], [CLASS_NAMES[i % 3] for i in range(n)]
+    return save_manifold(path, names=names, categories=cats, settings=settings)
+
+
+def _view(model_dir: Path, manifold: Path, images: Path | None = None) -> object:
+    from app_parts.handlers import Explorer
+    from app_parts.tab_manifold import HeldOutImages, ManifoldView
+
+    return ManifoldView(Explorer(ModelRegistry([model_dir]), manifold), HeldOutImages(images))
+
+
+@pytest.mark.parametrize(
+    ("lams", "rows"), [(["1"], 1), (["0", "1", "inf"], 1), (["0", "0.01", "0.1", "1", "10", "inf"], 2)]
+)
+def test_small_multiples(
+    model_dir: Path, files: dict[str, Path], tmp_path: Path, lams: list[str], rows: int
+) -> None:
+    dim = RepTok.from_pretrained(model_dir).token_dim
+    view = _view(model_dir, _manifold(tmp_path / "m.npz", lams, dim))
+    fig, note = view.plot(str(files["rgb.png"]))  # type: ignore[attr-defined]
+    # One panel per setting, in the file's order, at most 4 to a row.
+    assert [a.text for a in fig.layout.annotations] == [f"λ = {lam}" for lam in lams]
+    axes = sorted({t.xaxis for t in fig.data})
+    assert len(axes) == len(lams) and fig.layout.height == 340 * rows + 90  # 4 panels to a row
+    # A category has one colour, the same in every panel, and one legend entry that toggles them all.
+    points = [t for t in fig.data if t.name != "your image"]
+    colours: dict[str, set[str]] = {}
+    for t in points:
+        colours.setdefault(t.name, set()).add(t.marker.color)
+        assert t.legendgroup == t.name
+    assert sorted(colours) == sorted(CLASS_NAMES) and all(len(c) == 1 for c in colours.values())
+    assert len({c.pop() for c in colours.values()}) == len(CLASS_NAMES)  # different categories differ
+    assert sorted(t.name for t in points if t.showlegend) == sorted(CLASS_NAMES)
+    assert len(points) == len(CLASS_NAMES) * len(lams)
+    # Hovering names the emoji (and its category); a click reads the point's index (customdata).
+    for t in points:
+        assert list(t.text) == [f"emoji {i}" for i in t.customdata]
+        assert "%{text}" in t.hovertemplate and t.name in t.hovertemplate
+    # The upload lands in every panel (one legend entry), with its neighbours listed per λ.
+    stars = [t for t in fig.data if t.name == "your image"]
+    assert sorted(t.xaxis for t in stars) == axes and sum(bool(t.showlegend) for t in stars) == 1
+    assert [line.split("**")[1] for line in note.splitlines() if line.startswith("- **λ")] == [
+        f"λ = {lam}" for lam in lams
+    ]
+
+
+def test_category_colours_fixed_and_spare() -> None:
+    from app_parts.tab_manifold import CATEGORY_COLOURS, category_colours
+
+    colours = category_colours(["Flags", "Food & Drink", "zz made up", "Flags", "aa made up"])
+    assert colours["Flags"] == CATEGORY_COLOURS["Flags"]  # the same in every manifold file
+    assert colours["Food & Drink"] == CATEGORY_COLOURS["Food & Drink"]
+    assert len(set(colours.values())) == 4  # unknown categories get spare colours of their own
+
+
+def test_manifold_emoji_originals_and_click(model_dir: Path, tmp_path: Path) -> None:
+    dim = RepTok.from_pretrained(model_dir).token_dim
+    images = tmp_path / "emoji.npz"
+    np.savez(
+        images,
+        images=np.stack([np.full((8, 8, 3), v, np.uint8) for v in (10, 20, 30)]),
+        name=np.array(["emoji 3", "emoji 3", "emoji 3"]),
+        style=np.array(["google", "twitter", "openmoji"]),
+        split=np.array(["heldout", "heldout", "train"]),  # only held-out images are shown
+    )
+    view = _view(model_dir, _manifold(tmp_path / "m.npz", ["0", "1"], dim), images)
+    gallery, text = view.show_name("emoji 3")  # type: ignore[attr-defined]
+    assert [caption for _, caption in gallery] == ["original (google)", "original (twitter)", "λ = 1"]
+    assert Image.open(gallery[0][0]).getpixel((0, 0)) == (10, 10, 10)
+    assert "originals from `emoji.npz`" in text and "no model for λ = 0" in text
+    # A click: "<index> <time>" from the page's script; the dropdown follows the clicked emoji.
+    gallery, text, dropdown = view.show_point("3 1700000000000")  # type: ignore[attr-defined]
+    assert [caption for _, caption in gallery][-1] == "λ = 1" and dropdown["value"] == "emoji 3"
+    assert view.show_point("junk") == (gr.skip(),) * 3  # type: ignore[attr-defined]
+
+
+def test_manifold_click_is_wired(model_dir: Path, manifold_path: Path) -> None:
+    """gr.Plot reports no clicks: a page-load script hands Plotly's click to a hidden textbox."""
+    config = build_demo(ModelRegistry([model_dir]), manifold_path=manifold_path).get_config_file()
+    box = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "manifold-click")
+    assert box["props"]["visible"] == "hidden"
+    assert any("plotly_click" in (d.get("js") or "") for d in config["dependencies"])
+
+
+# ------------------------------------------------------------------------------- expected seconds
+
+
+@pytest.mark.parametrize(("steps", "images", "seconds"), [(1, 1, 0.07), (10, 1, 0.25), (10, 4, 1.0)])
+def test_decode_speed(steps: int, images: int, seconds: float) -> None:
+    from app_parts.registry import DecodeSpeed
+
+    assert DecodeSpeed(encode_s=0.01, step_s=0.02, fixed_s=0.05).decode_s(steps, images) == pytest.approx(
+        seconds
+    )
+
+
+def test_expected_time_measured_once_and_lazily(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app_parts import registry as registry_mod
+    from app_parts.handlers import Explorer
+
+    calls: list[RepTok] = []
+
+    def fake(model: RepTok) -> registry_mod.DecodeSpeed:
+        calls.append(model)
+        return registry_mod.DecodeSpeed(encode_s=0.01, step_s=0.02, fixed_s=0.05)
+
+    monkeypatch.setattr(registry_mod, "measure_speed", fake)
+    models = ModelRegistry([model_dir])
+    build_demo(models)
+    assert not calls and models.entry("tiny").model is None  # building the app times and loads nothing
+    explorer = Explorer(models, Path("none.npz"))
+    assert explorer.estimate_reconstruct("tiny", 10) == (
+        "≈ 0.26 s on this machine, then ≈ 1.0 s for the 4 variations"
+    )
+    assert explorer.estimate_sample("tiny", 10, 16) == "≈ 4.0 s on this machine for 16 images (decoder)"
+    assert explorer.estimate_sample(None, 1, 1) == "≈ 0.07 s on this machine for 1 image (decoder)"
+    assert len(calls) == 1  # measured once per model
+    assert explorer.estimate_sample("tiny", float("nan"), 1) == ""  # a hint: bad values give none
+    assert Explorer(ModelRegistry([]), Path("none.npz")).estimate_reconstruct(None, 5) == ""
+
+
+def test_measure_speed_real_model(model_dir: Path) -> None:
+    speed = ModelRegistry([model_dir]).speed("tiny")
+    assert speed.encode_s > 0 and speed.step_s > 0 and speed.fixed_s >= 0

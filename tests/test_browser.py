@@ -104,3 +104,99 @@ def test_app_in_browser(app_url: str, tmp_path: Path) -> None:
         finally:
             browser.close()
     assert not errors, "console errors:\n" + "\n".join(errors)
+
+
+def _browser(p: object) -> object:
+    return p.chromium.launch(  # type: ignore[attr-defined]
+        executable_path=str(CHROMIUM),
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"],
+    )
+
+
+def test_manifold_click_shows_the_emoji(app_url: str) -> None:
+    """gr.Plot reports no clicks; the page's script (app_parts/tab_manifold.py) hands Plotly's click
+    on a point to the app, which shows that emoji; the time estimate is under the button."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})  # type: ignore[attr-defined]
+            page.goto(app_url, wait_until="domcontentloaded")
+            page.get_by_text("on this machine").first.wait_for(timeout=60_000)  # the Reconstruct estimate
+            page.get_by_role("tab", name="Latent manifold").click()
+            plot = page.locator("#manifold-plot .js-plotly-plot")
+            plot.wait_for(state="visible", timeout=30_000)
+            plot.scroll_into_view_if_needed()  # a mouse click lands only on the visible page
+            page.wait_for_timeout(1000)  # the click hook attaches within 0.5 s
+            # Where Plotly drew the first point of the first trace, in page pixels.
+            x, y, name = plot.evaluate(
+                """(gd) => {
+                    const t = gd._fullData[0], xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+                    const box = gd.getBoundingClientRect();
+                    return [box.left + xa._offset + xa.l2p(t.x[0]), box.top + ya._offset + ya.l2p(t.y[0]),
+                            t.text[0]];
+                }"""
+            )
+            page.mouse.move(x, y)
+            page.wait_for_timeout(300)
+            page.mouse.click(x, y)
+            page.locator("#tab-latent-manifold").get_by_text("decoded by each λ's model").wait_for(
+                timeout=60_000
+            )
+            assert page.locator("#tab-latent-manifold strong", has_text=name).count() >= 1
+            page.screenshot(path=str(SCREENSHOTS / "manifold_click.png"), full_page=True)
+        finally:
+            browser.close()  # type: ignore[attr-defined]
+
+
+def test_official_model_status_and_dropdown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fetch of the official model (faked, held until released): the page shows its progress, then
+    offers the model in the Tokenizer menu without a reload."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    import threading
+
+    from app import CSS, ModelRegistry, build_demo
+    from app_parts import official
+    from reptok.download import OFFICIAL_NAME
+    from reptok.pipeline import RepTok
+    from tests.helpers import tiny_config
+
+    def write(folder: Path, name: str) -> Path:
+        model = RepTok.from_config(tiny_config(with_text=False))
+        model.config.info = {"name": name}
+        return model.save_pretrained(folder, dtype=torch.float32)
+
+    release = threading.Event()
+
+    def fake_ensure_official(out_dir: Path, *, progress: object) -> Path:
+        progress("download", 2 * 10**9, 8 * 10**9)  # type: ignore[operator]
+        release.wait(timeout=120)
+        return write(Path(out_dir), OFFICIAL_NAME)
+
+    monkeypatch.setattr(official, "ensure_official", fake_ensure_official)
+    models = ModelRegistry([write(tmp_path / "embedded", "embedded")])
+    fetch = official.OfficialFetch(models, tmp_path / OFFICIAL_NAME).start()
+    demo = build_demo(models, manifold_path=tmp_path / "none.npz", official=fetch)
+    port = _free_port()
+    demo.queue().launch(
+        prevent_thread_lock=True, server_port=port, server_name="127.0.0.1", quiet=True, css=CSS
+    )
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = _browser(p)
+            try:
+                page = browser.new_page(viewport={"width": 1280, "height": 1000})  # type: ignore[attr-defined]
+                page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+                status = page.locator("#official-status")
+                status.get_by_text("downloading 2.00 / 8.00 GB (25 %)").wait_for(timeout=60_000)
+                release.set()
+                status.get_by_text("is ready").wait_for(timeout=60_000)  # the timer's next tick
+                page.get_by_text("Settings").first.click()
+                page.get_by_label("Tokenizer").first.click()
+                page.get_by_role("option", name=OFFICIAL_NAME, exact=False).first.wait_for(timeout=30_000)
+                page.screenshot(path=str(SCREENSHOTS / "official_status.png"), full_page=True)
+            finally:
+                browser.close()  # type: ignore[attr-defined]
+    finally:
+        release.set()
+        demo.close()

@@ -6,7 +6,10 @@ All fixtures are generated here with Pillow and numpy; nothing is read from the 
 from __future__ import annotations
 
 import io
+import json
 import struct
+import subprocess
+import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -244,6 +247,88 @@ def test_result_is_fresh_and_loaded(tmp_path: Path) -> None:
     assert pixel(rgb, (1, 1)) == GREEN
     source = Image.new("RGB", (3, 3), RED)
     assert load_image(source) is not source
+
+
+# --- phone photos: JPEGs decoded at a reduced scale --------------------------------------------
+
+PHONE = (8000, 6000)  # 48 megapixels: over MAX_PIXELS at full size
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def phone_photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 8000×6000 JPEG (quality 85, a few MB) taken with the phone turned: EXIF orientation 6.
+    As stored, red fills the top-left corner and blue the bottom-right; smooth colours elsewhere."""
+    small = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    photo = Image.fromarray(small).resize(PHONE, Image.Resampling.BILINEAR)
+    photo.paste(RED, (0, 0, 2000, 1500))
+    photo.paste(BLUE, (6000, 4500, 8000, 6000))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the viewer rotates 90° clockwise: a portrait photo
+    path = tmp_path_factory.mktemp("phone") / "photo.jpg"
+    photo.save(path, quality=85, exif=exif)
+    assert path.stat().st_size < MAX_FILE_BYTES
+    return path
+
+
+def test_phone_photo_loads_upright_at_reduced_scale(phone_photo: Path) -> None:
+    rgb = load_image(phone_photo, min_size=64)  # the embedded models' size: 1/8 is plenty
+    assert rgb.size == (750, 1000)  # 6000×8000 / 8, portrait: the orientation is applied
+    assert pixel(rgb, (700, 40)) == pytest.approx(RED, abs=12)  # stored top-left -> top-right
+    assert pixel(rgb, (40, 960)) == pytest.approx(BLUE, abs=12)  # stored bottom-right -> bottom-left
+    # The shorter side never drops below what the caller needs ...
+    assert load_image(phone_photo, min_size=1000).size == (1500, 2000)  # 1/4: 750 would be too small
+    # ... and without a size, only as far as the pixel cap asks (1/2: 12 megapixels).
+    assert load_image(phone_photo).size == (3000, 4000)
+
+
+MEASURE_PEAK = """
+import json, resource, sys
+from reptok.images import load_image
+unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+image = load_image(sys.argv[1], min_size=int(sys.argv[2]))
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"size": image.size, "peak_mb": (peak - before) * unit / 2**20}))
+"""
+
+
+def test_phone_photo_decodes_in_little_memory(phone_photo: Path) -> None:
+    # Pillow's pixel buffers live outside the Python heap (tracemalloc misses them), so this measures
+    # the peak resident memory of a fresh process around the one call.
+    run = subprocess.run(
+        [sys.executable, "-c", MEASURE_PEAK, str(phone_photo), "256"],
+        capture_output=True, text=True, cwd=ROOT, check=True, timeout=120,
+    )  # fmt: skip
+    result = json.loads(run.stdout)
+    assert result["size"] == [750, 1000]
+    full_decode_mb = PHONE[0] * PHONE[1] * 3 / 2**20  # 137 MiB of RGB pixels, before any copy
+    assert result["peak_mb"] < full_decode_mb / 4, result  # measured: ~12 MiB (the file itself, 2.6)
+
+
+def test_phone_sized_png_is_still_refused(tmp_path: Path) -> None:
+    path = tmp_path / "photo.png"
+    Image.new("RGB", PHONE, GREEN).save(path, compress_level=1)  # a real 48-megapixel PNG, ~150 KB
+    err = refuse(path, "The image is too large to decode (8000×6000 pixels)", min_size=64)
+    assert str(err).endswith("the limit is 40 megapixels.")
+
+
+def test_jpeg_over_the_cap_even_at_one_eighth_is_refused(phone_photo: Path) -> None:
+    # 1/8 of 8000×6000 is 750 000 pixels: over a 500 000 cap, so no scale fits.
+    refuse(phone_photo, "The image is too large to decode (8000×6000 pixels)", max_pixels=500_000, min_size=1)
+    assert load_image(phone_photo, max_pixels=750_000, min_size=1).size == (750, 1000)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "GIF", "WEBP", "BMP", "JPEG"])
+def test_reduced_decoding_is_for_jpeg_only(fmt: str) -> None:
+    """Over the cap, every format but JPEG is refused; a JPEG decodes at the scale that fits."""
+    data = encode(Image.new("RGB", (100, 100), RED), fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+    if fmt == "JPEG":
+        rgb = load_image(data, max_pixels=9999, min_size=8)
+        assert rgb.size == (13, 13)  # 1/8 (the smallest still ≥ 8 pixels); each side rounded up
+        assert pixel(rgb, (6, 6)) == pytest.approx(RED, abs=8)
+    else:
+        refuse(data, "The image is too large to decode (100×100 pixels)", max_pixels=9999, min_size=8)
 
 
 # --- bad input --------------------------------------------------------------------------------

@@ -218,6 +218,7 @@ def test_vae_trains_a_latent_space_that_stage_a_runs_in(data_dir: Path, tmp_path
     info = json.loads((vae_dir / "training.json").read_text())
     # SD's convention: the scaling factor makes the train split's latents unit-variance.
     assert vae.config.scaling_factor == pytest.approx(info["scaling_factor"]) and info["scaling_factor"] > 0
+    assert 0.0 <= info["heldout"]["identification"] <= 1.0 and info["heldout"]["n"] > 0
     records = [json.loads(line) for line in (tmp_path / "vae" / "log.jsonl").read_text().splitlines()]
     assert [r["event"] for r in records if "event" in r][-1] == "done"
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records if "loss" in r)

@@ -7,10 +7,11 @@
 #
 # A step whose output exists is skipped, so a killed run continues where it stopped (each script
 # also resumes from its own checkpoint with --resume). Environment: DATA (emoji .npz), RUNS (output
-# root, default runs/<scale>), JOBS (steps run side by side), STAGE (stop after: backbones,
-# tokenizers, generators, export; default: all, then evaluate the export and print the tables),
-# LAMBDAS and DEFAULT_LAM (the λ sweep and the main model's λ), TRAIN_FLAGS (added to every
-# training command, e.g. "--max-minutes 8" on a machine lent for a fixed time).
+# root, default runs/<scale>), JOBS (steps run side by side), STAGE (stop after: backbones (with the
+# default model's stage A, which runs beside them), tokenizers, generators, export; default: all,
+# then evaluate the export and print the tables), LAMBDAS and DEFAULT_LAM (the λ sweep and the main
+# model's λ), TRAIN_FLAGS (added to every training command, e.g. "--max-minutes 8" on a machine
+# lent for a fixed time). Each step and stage prints its wall time.
 #
 # What it makes (the model card's two tables come from the metrics.json files):
 #   vae                                the latent space every tokenizer's flow runs in (AutoencoderKL)
@@ -79,18 +80,22 @@ run() {
   local name=$1 done_file=$2; shift 2
   if finished "$done_file"; then echo "skip  $name (done: $done_file)"; return; fi
   while (( $(jobs -rp | wc -l) >= JOBS )); do wait -n || true; done  # finish() collects statuses
-  echo "start $name -> $RUNS/logs/$name.log"
-  ( "$@" >"$RUNS/logs/$name.log" 2>&1 && echo "done  $name" || { echo "FAIL  $name (see $RUNS/logs/$name.log)"; exit 1; } ) &
+  echo "start $name -> $RUNS/logs/$name.log ($(date +%H:%M:%S))"
+  ( t0=$SECONDS; "$@" >"$RUNS/logs/$name.log" 2>&1 && echo "done  $name in $(( (SECONDS - t0) / 60 )) min $(( (SECONDS - t0) % 60 )) s" \
+      || { echo "FAIL  $name (see $RUNS/logs/$name.log)"; exit 1; } ) &
   PIDS+=($!)
 }
 # finish: wait for every step started since the last finish; stop the recipe if any failed (bash keeps
 # the status of a finished child for `wait PID`, also one that `wait -n` already reaped).
 PIDS=()
+STAGE_T0=$SECONDS
 finish() {
   local failed=0
   for p in "${PIDS[@]}"; do wait "$p" || failed=1; done
   PIDS=()
   (( failed == 0 )) || { echo "stopping: a step failed" >&2; exit 1; }
+  echo "stage finished in $(( (SECONDS - STAGE_T0) / 60 )) min (recipe so far: $(( SECONDS / 60 )) min)"
+  STAGE_T0=$SECONDS
 }
 stop_after() { [[ $STAGE == "$1" ]] && { echo "stopped after $1 (STAGE=$1)"; exit 0; }; return 0; }
 tok() { echo "$RUNS/tok-$1-lam$2"; }
@@ -110,30 +115,38 @@ for lam in $LAMBDAS; do PAIRS+=("$MAIN:$lam"); done
 for b in "${BACKBONES[@]}"; do [[ $b == "$MAIN" ]] || PAIRS+=("$b:$DEFAULT_LAM"); done
 SPACE=(--space vae --vae "$RUNS/vae/vae")
 
-# 1. The VAE (the latent space of every decoder), the backbones, and a separate feature network for
-#    the Fréchet distances (another seed: none of the compared backbones measures itself).
+# 1. The VAE (the latent space of every decoder) and the main backbone: what the default model's
+#    stage A needs, so that its run (the longest) can start first.
 run vae "$RUNS/vae/log.jsonl" \
   python train/train_vae.py "${VAE[@]}" --data "$DATA" --out "$RUNS/vae" --resume "${EXTRA[@]}"
-for b in "$MAIN" "${BACKBONES[@]}"; do  # the main backbone first: it has the longest run
-  [[ $b == "$MAIN" && ${started_main:-0} == 1 ]] && continue
-  [[ $b == "$MAIN" ]] && started_main=1
-  done_file=$RUNS/backbones/$b/log.jsonl
+backbone() {
+  local b=$1 done_file=$RUNS/backbones/$1/log.jsonl
   [[ $b == random ]] && done_file=$RUNS/backbones/$b/backbone.safetensors  # trains nothing
   run "backbone-$b" "$done_file" \
     python train/pretrain_backbone.py --method "$b" "${PRE[@]}" --steps "${PRE_STEPS[$b]}" \
     --data "$DATA" --out "$RUNS/backbones/$b" --resume "${EXTRA[@]}"
-done
+}
+backbone "$MAIN"
+finish
+
+# 2. The default model's own stage A beside the other backbones and a separate feature network for
+#    the Fréchet distances (another seed: none of the compared backbones measures itself).
+if (( OWN_MAIN )); then
+  run tok-main "$MAIN_TOK_RUN/log.jsonl" \
+    python train/train_tokenizer.py "${MAIN_TOK[@]}" --data "$DATA" --backbone "$RUNS/backbones/$MAIN" \
+    "${SPACE[@]}" --lam "$DEFAULT_LAM" --out "$MAIN_TOK_RUN" --resume "${EXTRA[@]}"
+fi
+for b in "${BACKBONES[@]}"; do [[ $b == "$MAIN" ]] || backbone "$b"; done
 run features "$RUNS/features/log.jsonl" \
   python train/pretrain_backbone.py --method "$FEATURES_METHOD" "${PRE[@]}" \
   --steps "${PRE_STEPS[$FEATURES_METHOD]}" --seed 1 --data "$DATA" --out "$RUNS/features" --resume "${EXTRA[@]}"
 finish; stop_after backbones
 
-# 2. Stage A: [cls] embedding + decoder. The default model's own (longest) run first, so the shorter
-#    ablation runs share the machine with it instead of waiting.
+# 3. Stage A of the ablation rows ([cls] embedding + decoder), and the default model's class generator.
 if (( OWN_MAIN )); then
-  run tok-main "$MAIN_TOK_RUN/log.jsonl" \
-    python train/train_tokenizer.py "${MAIN_TOK[@]}" --data "$DATA" --backbone "$RUNS/backbones/$MAIN" \
-    "${SPACE[@]}" --lam "$DEFAULT_LAM" --out "$MAIN_TOK_RUN" --resume "${EXTRA[@]}"
+  run gen-main "$MAIN_GEN_RUN/log.jsonl" \
+    python train/train_generator.py "${GEN[@]}" --data "$DATA" --tokenizer "$MAIN_TOK_RUN/model" \
+    --cond class --label subcategory --out "$MAIN_GEN_RUN" --resume "${EXTRA[@]}"
 fi
 for pair in "${PAIRS[@]}"; do
   b=${pair%%:*} lam=${pair##*:}
@@ -147,24 +160,24 @@ run "tok-$MAIN-lam$DEFAULT_LAM-seed1" "$SEED_TWIN/log.jsonl" \
   "${SPACE[@]}" --lam "$DEFAULT_LAM" --seed 1 --out "$SEED_TWIN" --resume "${EXTRA[@]}"
 finish; stop_after tokenizers
 
-# 3. Stage B: a class generator per tokenizer (each row's gFD needs one); text for the main model.
+# 4. Stage B: a class generator per ablation row (each row's gFD needs one); the default model's text
+#    generator, beside them when its class generator is done (its own run), else after them.
+MAIN_RUN=$RUNS/main
+text_generator() {
+  run main-text "$MAIN_RUN/log.jsonl" \
+    env OMP_NUM_THREADS="$1" python train/train_generator.py "${GEN[@]}" --data "$DATA" \
+    --tokenizer "$MAIN_GEN_RUN/model" --cond text --out "$MAIN_RUN" --resume "${EXTRA[@]}"
+}
+(( OWN_MAIN )) && text_generator "${OMP_NUM_THREADS:-1}"
 for pair in "${PAIRS[@]}"; do
   b=${pair%%:*} lam=${pair##*:}
   run "gen-$b-lam$lam" "$(gen "$b" "$lam")/log.jsonl" \
     python train/train_generator.py "${GEN[@]}" --data "$DATA" --tokenizer "$(tok "$b" "$lam")/model" \
     --cond class --label subcategory --out "$(gen "$b" "$lam")" --resume "${EXTRA[@]}"
 done
-if (( OWN_MAIN )); then
-  run gen-main "$MAIN_GEN_RUN/log.jsonl" \
-    python train/train_generator.py "${GEN[@]}" --data "$DATA" --tokenizer "$MAIN_TOK_RUN/model" \
-    --cond class --label subcategory --out "$MAIN_GEN_RUN" --resume "${EXTRA[@]}"
-fi
 finish
-MAIN_RUN=$RUNS/main
-run main-text "$MAIN_RUN/log.jsonl" \
-  env OMP_NUM_THREADS="$((JOBS * ${OMP_NUM_THREADS:-1}))" python train/train_generator.py "${GEN[@]}" --data "$DATA" \
-  --tokenizer "$MAIN_GEN_RUN/model" --cond text --out "$MAIN_RUN" --resume "${EXTRA[@]}"
-finish; stop_after generators
+if (( ! OWN_MAIN )); then text_generator "$((JOBS * ${OMP_NUM_THREADS:-1}))"; finish; fi
+stop_after generators
 
 # 4. Export: fp16 weights (each backbone once), the feature network, the manifold. The main model
 #    first (the app's default), then every ablation row (with its own run on the main backbone at the

@@ -1,0 +1,260 @@
+"""The explorer's tabs, one builder each, and the controls they share. Layout and wiring only:
+what a button does is in handlers.py (the manifold tab, with its figure, in tab_manifold.py).
+
+Each builder is called inside `gr.Blocks` and `gr.Tab` (app.py) and returns its model dropdown, so
+the app can offer a model added while it runs (app_parts/official.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gradio as gr
+from gradio.data_classes import ImageData
+
+from app_parts.handlers import MAX_IMAGES, MAX_PROMPT_CHARS, Explorer
+from app_parts.imaging import HELD_OUT_HELP
+from app_parts.registry import NO_MODEL_MESSAGE, ModelRegistry
+
+PROMPT_EXAMPLES = ["red apple", "smiling face with sunglasses", "blue car", "red heart"]
+
+
+# ------------------------------------------------------------------------------ shared controls
+
+
+def _path_only_preprocess(payload: ImageData | None) -> str | None:
+    """Hand the handler the uploaded file's path without opening it.
+
+    Plain gr.Image(type="filepath") runs PIL.Image.open on the upload before our code sees it,
+    so a non-image or a decompression bomb fails inside Gradio with a bare "Error". Here the
+    path goes straight to reptok.images.load_image, which checks and explains."""
+    if payload is None:
+        return None
+    if payload.path is None:  # a data: URL instead of an upload
+        raise gr.Error("Please upload the image as a file.")
+    return str(payload.path)
+
+
+def gallery(label: str, columns: int = 4, height: int | str = "auto") -> gr.Gallery:
+    """An output grid of pixel images at a fixed number of columns (4 or 8: see app.CSS)."""
+    return gr.Gallery(
+        label=label,
+        columns=columns,
+        height=height,
+        format="png",
+        elem_classes=["pixelated", f"cols-{columns}"],
+    )
+
+
+def image_input(label: str) -> gr.Image:
+    image = gr.Image(label=label, type="filepath", sources=["upload", "clipboard"], height=260)
+    # Set on the instance, not in a gr.Image subclass: Gradio's component metaclass writes a .pyi
+    # stub next to the module of every subclass (a stray file, and a crash on a read-only disk).
+    image.preprocess = _path_only_preprocess  # type: ignore[method-assign]
+    return image
+
+
+def model_dropdown(models: ModelRegistry) -> gr.Dropdown:
+    return gr.Dropdown(
+        models.choices(), value=models.default, label="Tokenizer", interactive=bool(len(models))
+    )
+
+
+def decoder_steps(models: ModelRegistry) -> gr.Slider:
+    """The decoder's flow steps, starting at the default model's setting."""
+    steps = models.entry(None).config.sampling.decode_steps if len(models) else 25
+    return gr.Slider(1, 100, value=steps, step=1, label="Decoder steps")
+
+
+def seed_box(label: str = "Seed") -> gr.Number:
+    return gr.Number(0, label=label, precision=0, minimum=0)
+
+
+def notice(models: ModelRegistry) -> None:
+    """Every tab says how to get a model when there is none."""
+    if not len(models):
+        gr.Markdown(f"⚠️ {NO_MODEL_MESSAGE}")
+
+
+def class_names(models: ModelRegistry, label: str | None) -> list[str]:
+    if not len(models):
+        return []
+    config = models.entry(label).config
+    return [*(config.class_groups or {}), *(config.class_names or [])]  # groups (categories) first
+
+
+def sampling_controls(models: ModelRegistry) -> list[Any]:
+    """cfg, interval lo/hi, steps, seed, n: shared by the class and text tabs."""
+    sampling = models.entry(None).config.sampling if len(models) else None
+    lo, hi = sampling.cfg_interval if sampling else (0.3, 0.9)
+    with gr.Row():
+        cfg = gr.Slider(0, 10, value=sampling.cfg_scale if sampling else 1.5, step=0.1, label="CFG scale")
+        n = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
+    with gr.Row():
+        lo_s = gr.Slider(0, 1, value=lo, step=0.05, label="Guidance from t =")
+        hi_s = gr.Slider(0, 1, value=hi, step=0.05, label="Guidance until t =")
+    with gr.Row():
+        steps = decoder_steps(models)
+        seed = seed_box()
+    return [cfg, lo_s, hi_s, steps, seed, n]
+
+
+def expected_time(
+    demo: gr.Blocks, estimate: Callable[..., str], inputs: Sequence[gr.components.Component]
+) -> gr.Markdown:
+    """The "≈ 0.1 s on this machine" under a button: on page load (which times the default model
+    once, ModelRegistry.speed) and whenever the model or a setting it depends on changes."""
+    line = gr.Markdown(elem_classes="help-text")
+    gr.on(
+        [demo.load, *(c.change for c in inputs)],  # type: ignore[attr-defined]
+        estimate,
+        list(inputs),
+        line,
+        show_progress="hidden",
+        api_visibility="private",
+        trigger_mode="always_last",
+    )
+    return line
+
+
+# --------------------------------------------------------------------------------------- tabs
+
+
+def reconstruct_tab(demo: gr.Blocks, app: Explorer, examples: list[str]) -> gr.Dropdown:
+    models = app.models
+    notice(models)
+    with gr.Row():
+        image = image_input("Image")
+        with gr.Column():
+            with gr.Accordion("Settings", open=False):
+                model = model_dropdown(models)
+                steps = decoder_steps(models)
+                seed = seed_box()
+            button = gr.Button("Reconstruct", variant="primary")
+            expected_time(demo, app.estimate_reconstruct, [model, steps])
+    with gr.Row(elem_classes="pixel-out"):
+        original = gr.Image(label="Original (model size)", format="png", interactive=False, height=256)
+        recon = gr.Image(
+            label="One-token reconstruction",
+            format="png",
+            interactive=False,
+            elem_id="reconstruction",
+            height=256,
+        )
+        heat = gr.Image(label="Absolute error", format="png", interactive=False, height=256)
+    summary = gr.Markdown()
+    gr.Markdown(HELD_OUT_HELP, elem_classes="help-text")  # the held-out line's terms
+    variations = gallery("Variations: the same token, 4 decoder seeds")
+    if examples:
+        gr.Examples(examples, inputs=[image], label="Examples")
+    inputs = [image, model, steps, seed]
+    gr.on(
+        [button.click, image.upload],
+        app.reconstruct,
+        inputs,
+        [original, recon, heat, summary],
+        api_name="reconstruct",
+    ).success(app.variations, inputs, variations, api_name="variations")
+    return model
+
+
+def class_sampling_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
+    models = app.models
+    notice(models)
+    with gr.Row():
+        with gr.Column():
+            names = class_names(models, models.default)
+            name = gr.Dropdown(names, value=names[0] if names else None, label="Class")
+            with gr.Accordion("Settings", open=False):
+                controls = sampling_controls(models)
+            model = model_dropdown(models)
+            button = gr.Button("Sample", variant="primary")
+            expected_time(demo, app.estimate_sample, [model, controls[3], controls[5]])  # steps, n
+        samples = gallery("Samples")
+    model.change(
+        lambda label: gr.Dropdown(choices=class_names(models, label), value=None),
+        model,
+        name,
+        api_visibility="private",
+    )
+    button.click(app.sample_class, [name, model, *controls], samples, api_name="sample_class")
+    return model
+
+
+def text_prompts_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
+    models = app.models
+    notice(models)
+    with gr.Row():
+        with gr.Column():
+            prompt = gr.Textbox(label="Prompt", placeholder="red apple", max_length=MAX_PROMPT_CHARS)
+            with gr.Accordion("Settings", open=False):
+                model = model_dropdown(models)
+                controls = sampling_controls(models)
+            button = gr.Button("Sample", variant="primary")
+            expected_time(demo, app.estimate_sample, [model, controls[3], controls[5]])  # steps, n
+        samples = gallery("Samples")
+    gr.Examples([[p] for p in PROMPT_EXAMPLES], inputs=[prompt], label="Prompts")
+    gr.on(
+        [button.click, prompt.submit],
+        app.sample_text,
+        [prompt, model, *controls],
+        samples,
+        api_name="sample_text",
+    )
+    return model
+
+
+def interpolation_tab(app: Explorer, examples: list[str]) -> gr.Dropdown:
+    models = app.models
+    notice(models)
+    with gr.Row():
+        image_a, image_b = image_input("Image A"), image_input("Image B")
+        with gr.Column():
+            with gr.Accordion("Settings", open=False):
+                model = model_dropdown(models)
+                frames = gr.Slider(2, MAX_IMAGES, value=8, step=1, label="Frames")
+                mode = gr.Radio(["slerp", "lerp"], value="slerp", label="Path")
+                steps = decoder_steps(models)
+                seed = seed_box("Seed (one decoder noise for every frame)")
+            button = gr.Button("Interpolate", variant="primary")
+    if len(examples) >= 2:
+        pairs = [[a, b] for a, b in zip(examples[0::2], examples[1::2], strict=False)][:8]
+        gr.Examples(pairs, inputs=[image_a, image_b], label="Example pairs")
+    strip = gallery("A → B", columns=8)
+    with gr.Row():
+        with gr.Column():
+            weight = gr.Slider(0, 1, value=0.5, step=0.01, label="Weight (0 = A, 1 = B)")
+            frame = gr.Image(label="Frame at the weight", format="png", height=256, elem_classes="pixel-out")
+        gif = gr.File(label="Animated GIF")
+    frames_state = gr.State([])
+    button.click(
+        app.interpolate,
+        [image_a, image_b, model, frames, mode, steps, seed, weight],
+        [strip, gif, frame, frames_state],
+        api_name="interpolate",
+    )
+    weight.change(app.frame_at, [frames_state, weight], frame, api_visibility="private")
+    return model
+
+
+def backbones_tab(app: Explorer, examples: list[str]) -> None:
+    notice(app.models)
+    with gr.Row():
+        image = image_input("Image")
+        with gr.Column():
+            with gr.Accordion("Settings", open=False):
+                steps = decoder_steps(app.models)
+                seed = seed_box()
+            button = gr.Button("Compare", variant="primary")
+    by_backbone = gallery("One tokenizer per backbone, at the default model's λ")
+    by_lambda = gallery("The default model's backbone across λ (∞: frozen token)")
+    neighbours = gr.Markdown()
+    if examples:
+        gr.Examples(examples, inputs=[image], label="Examples")
+    button.click(
+        app.compare_backbones,
+        [image, steps, seed],
+        [by_backbone, by_lambda, neighbours],
+        api_name="compare_backbones",
+    )
