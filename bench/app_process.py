@@ -144,7 +144,7 @@ def _every_endpoint(
         "/reconstruct": (a, label, steps, 0),
         "/variations": (a, label, steps, 0),
         "/interpolate": (a, b, label, probe.frames, "slerp", steps, 0, 0.5),
-        "/manifold": (None, a),  # the app's own assets/manifold.npz; says so when there is none
+        "/manifold": (a,),  # every λ panel of the app's own assets/manifold.npz, the upload placed in each
     }
     skipped = {}
     if probe.class_name is not None:

@@ -35,6 +35,7 @@ from torch import Tensor
 from app import EXAMPLES_DIR, MANIFOLD_ENV, MANIFOLD_PATH, PROMPT_EXAMPLES, _class_names
 from app_parts.handlers import Explorer
 from app_parts.registry import ModelRegistry
+from app_parts.tab_manifold import ManifoldView
 from bench.app_process import AppProbe, measure_app
 from bench.common import (
     BENCH_DIR,
@@ -151,8 +152,8 @@ def actions(
         prompt = work.prompt
         out["text_16"] = lambda: explorer.sample_text(prompt, label, cfg, lo, hi, steps, seed, N_SAMPLES)
     if work.manifold:
-        lam = explorer.manifold_settings()[0]
-        out["manifold"] = lambda: explorer.manifold_plot(lam, a)  # an upload placed on the map
+        view = ManifoldView(explorer)  # every λ panel, with an upload placed in each
+        out["manifold"] = lambda: view.plot(a)
     return out
 
 

@@ -97,6 +97,13 @@ def _quality(r: Row) -> str:
     )
 
 
+def _model_cell(r: Row, main: Row) -> str:
+    """The row's model name; with its own n where it was measured on another held-out set than the
+    main model's (rows kept from an earlier release beside a retrained default model)."""
+    n, main_n = r.metrics.get("n"), main.metrics.get("n")
+    return f"`{r.name}`" if n == main_n else f"`{r.name}` (n = {n})"
+
+
 QUALITY_HEADER = "PSNR (dB) | SSIM | identification | rFD | gFD | ridge probe dB / id."
 
 
@@ -118,7 +125,7 @@ def backbone_table(rows: Sequence[Row], main: Row) -> str:
         knn = f"{r.knn['category']:.3f} / {r.knn['subcategory']:.3f}" if r.knn else "–"
         rank = r.metrics.get("token_effective_rank")
         rank_text = "–" if rank is None else f"{rank:.1f} of {r.metrics.get('token_dim', '?')}"
-        lines.append(f"| {method_name} | `{r.name}` | {_quality(r)} | {rank_text} | {knn} |")
+        lines.append(f"| {method_name} | {_model_cell(r, main)} | {_quality(r)} | {rank_text} | {knn} |")
     return "\n".join(lines)
 
 
@@ -137,7 +144,8 @@ def lambda_table(rows: Sequence[Row], main: Row) -> str:
             continue
         seen.add(r.lam)
         lam = "∞ (frozen)" if math.isinf(r.lam) else f"{r.lam:g}"
-        lines.append(f"| {lam} | `{r.name}` | {_quality(r)} | {_num(r.metrics.get('cos_to_frozen'), 5)} |")
+        cos = _num(r.metrics.get("cos_to_frozen"), 5)
+        lines.append(f"| {lam} | {_model_cell(r, main)} | {_quality(r)} | {cos} |")
     return "\n".join(lines)
 
 

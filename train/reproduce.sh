@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Every command that makes the shipped emoji models, in order, at one scale:
 #
-#   bash train/reproduce.sh cpu     2 CPU cores (what assets/ holds now), ~2.5 h with JOBS=2
+#   bash train/reproduce.sh cpu     2 CPU cores, JOBS=2. Not yet run end to end on this machine: its
+#                                   VAE (89 min) and DAE backbone (72 min) ran side by side, then the
+#                                   default model's chain (stage A 40 min, class 4 min, text 14 min on
+#                                   both cores); the ablation rows at these step rates would take
+#                                   another ~3 h, over the 2.5 h aim (VAE --steps 500 saves an hour)
 #   bash train/reproduce.sh gpu     one GPU: the gpu-* presets, the λ sweep and backbone runs side by side
 #   bash train/reproduce.sh test    tiny presets, seconds (tests/test_reproduce.py)
 #
