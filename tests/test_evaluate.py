@@ -66,3 +66,22 @@ def test_help() -> None:
         [sys.executable, "train/evaluate.py", "--help"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0 and "NOT FID" in result.stdout
+
+
+def test_decode_sweep_rows_match_evaluate_at_the_same_setting(
+    setup: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """train/decode_sweep.py: one row per setting; at τ = 1 it is evaluate.py's reconstruction."""
+    from train import decode_sweep
+
+    data, features, model = setup
+    rows = decode_sweep.main(["--model", str(model), "--data", str(data), "--features", str(features),
+                              "--n", "6", "--steps", "1", "2", "--temperature", "1", "0.5",
+                              "--out", str(tmp_path / "sweep.json")])  # fmt: skip
+    assert [(r["steps"], r["temperature"]) for r in rows] == [(1, 1.0), (1, 0.5), (2, 1.0), (2, 0.5)]
+    assert json.loads((tmp_path / "sweep.json").read_text())["rows"] == rows
+    ref = evaluate.main(["--model", str(model), "--data", str(data), "--features", str(features),
+                         "--n", "6", "--steps", "2", "--out", str(tmp_path / "m.json")])  # fmt: skip
+    assert rows[2]["psnr"] == pytest.approx(ref["psnr"], abs=1e-4)
+    assert rows[2]["identification"] == ref["identification"]
+    assert rows[2]["psnr"] != rows[3]["psnr"]  # the temperature reaches the sampler

@@ -326,3 +326,24 @@ def test_resume_config_check_allows_fields_added_since_but_not_changes() -> None
         "encoder.gone: checkpoint 1, now '(absent)'",
     ]
     assert config_differences(saved, saved | {"new": True}) == []
+
+
+def test_stage_a_init_continues_a_saved_models_token_and_decoder(
+    tokenizer_run: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """--init <RepTok folder>: stage A starts from its adapted [cls] embedding and decoder (0 more
+    steps give the same weights back), on its backbone, with its original token as the anchor."""
+    source = RepTok.from_pretrained(tokenizer_run / "model")
+    init = ["--init", str(tokenizer_run / "model"), "--lam", "0.5"]
+    same = RepTok.from_pretrained(
+        train_tokenizer.main(stage_a_args(data_dir, tmp_path / "same", *init, "--steps", "0"))
+    )
+    assert torch.equal(same.encoder.backbone.cls_token, source.encoder.backbone.cls_token)
+    assert torch.equal(same.encoder.frozen_cls_token, source.encoder.frozen_cls_token)
+    for key, value in source.decoder.state_dict().items():
+        assert torch.equal(same.decoder.state_dict()[key], value), key
+    assert same.config.info["init"] == str(tokenizer_run / "model")
+    more = RepTok.from_pretrained(
+        train_tokenizer.main(stage_a_args(data_dir, tmp_path / "more", *init, "--steps", "2"))
+    )
+    assert not torch.equal(more.encoder.backbone.cls_token, source.encoder.backbone.cls_token)

@@ -14,6 +14,11 @@ train/pretrain_backbone.py (backbone.safetensors + config.json), or a saved RepT
 the flow in the latent space of a diffusers AutoencoderKL: --vae is a hub name, a saved folder, or
 a .json config (random weights: tests).
 
+--init MODEL starts from a saved RepTok model instead of a fresh decoder: its adapted [cls] embedding
+and its decoder (whose config it takes), on its own backbone (the default --backbone then) and, with
+--space vae, its VAE (--vae MODEL/vae). It continues a shipped model with more steps, or adapts it
+to your own images; the optimizer starts afresh (a new warmup), and the EMA starts at its weights.
+
 Writes OUT/checkpoint.pt (resume with --resume), OUT/log.jsonl, OUT/run_config.json and, at the
 end, the EMA weights as a RepTok model folder OUT/model (load with RepTok.from_pretrained).
 """
@@ -229,6 +234,16 @@ def encoder_from_model(folder: Path, lam: float) -> tuple[Encoder, str, dict[str
 
 
 @torch.no_grad()
+def start_from(init: RepTok, encoder: Encoder, decoder: Decoder) -> None:
+    """--init: copy a saved model's adapted [cls] embedding and decoder weights (strictly: the
+    shapes must match) into the freshly built stage-A modules."""
+    if not torch.equal(encoder.frozen_cls_token, init.encoder.frozen_cls_token.to(encoder.frozen_cls_token)):
+        raise ValueError("--init: the backbone's original [cls] embedding is not the saved model's")
+    encoder.backbone.cls_token.copy_(init.encoder.backbone.cls_token)
+    decoder.load_state_dict(init.decoder.state_dict())
+
+
+@torch.no_grad()
 def encode_dataset(image_space: ImageSpace, dataset: Any, batch_size: int = 128) -> Tensor:
     """The image space's encoding of every item (a VAE's posterior modes), in dataset order: (N, C, S, S).
 
@@ -293,6 +308,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--cls-lr-scale", type=float, default=preset.cls_lr_scale,
         help=f"[cls] embedding learning rate / --lr ({preset.cls_lr_scale})",
     )  # fmt: skip
+    parser.add_argument(
+        "--init", type=Path, default=None,
+        help="a saved RepTok model folder: start from its adapted [cls] embedding and decoder",
+    )  # fmt: skip
     parser.add_argument("--space", choices=["pixel", "vae"], default="pixel", help="where the flow runs")
     parser.add_argument(
         "--vae", default=None, help="--space vae: AutoencoderKL hub name, folder or .json config"
@@ -315,7 +334,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
     dataset = build_dataset(args.data, split="train", image_size=args.image_size)  # fails fast on bad --data
 
     seed_everything(cfg.seed)  # random backbones, decoder init and random VAEs follow the seed
-    backbone = args.backbone or ENCODER_PRESETS[args.encoder].backbone
+    init = RepTok.from_pretrained(args.init) if args.init is not None else None
+    if init is not None and not is_reptok_model(Path(args.backbone or args.init)):
+        raise ValueError(f"--init {args.init} needs its own saved model as --backbone (the default)")
+    backbone = args.backbone or (
+        str(args.init) if init is not None else ENCODER_PRESETS[args.encoder].backbone
+    )
     encoder, backbone_source, backbone_about = build_encoder(
         backbone, args.encoder, args.lam, args.pretrained
     )
@@ -323,10 +347,12 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if args.image_size % factor:
         raise ValueError(f"--image-size {args.image_size} is not divisible by the VAE's factor {factor}")
     base = DECODER_PRESETS[args.decoder] if args.decoder else preset.decoder
-    decoder_config = base.replace(
+    decoder_config = (init.config.decoder if init is not None else base).replace(
         token_dim=encoder.dim, in_channels=channels, input_size=args.image_size // factor
     )
     decoder = Decoder(decoder_config)
+    if init is not None:
+        start_from(init, encoder, decoder)
     model = TokenizerModel(encoder, decoder, image_space)
     params = [p for p in model.parameters() if p.requires_grad]  # cls embedding (λ < inf) + decoder
 
@@ -341,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         "image_space": space_config,
         "time_schedule": args.time_schedule,
         "cls_lr_scale": args.cls_lr_scale,
+        "init": None if args.init is None else str(args.init),
     }
     cls_token = encoder.backbone.cls_token
     trainer = Trainer(
@@ -370,6 +397,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                     "data": args.data,
                     "train_images": len(dataset),
                     "backbone": backbone_source,
+                    **({"init": str(args.init), "init_steps": init.config.info.get("steps")} if init else {}),
                     "backbone_method": backbone_about["method"],
                     "backbone_knn": backbone_about["knn"],
                     "lam": args.lam,
