@@ -126,6 +126,8 @@ def held_out_text(metrics: Mapping[str, object]) -> str:
     steps = get("decode_steps")
     about = [f"n = {n:.0f}"] if n is not None else []
     about += [f"{steps:.0f} steps"] if steps is not None else []
+    tau = get("decode_temperature")
+    about += [f"τ {tau:g}"] if tau is not None and tau != 1 else []
     return "Held-out emoji" + (f" ({', '.join(about)})" if about else "") + ": " + " · ".join(parts)
 
 

@@ -59,7 +59,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         )
     print(f"text:         {cfg.text_encoder.name if cfg.text_generator and cfg.text_encoder else 'none'}")
     s = cfg.sampling
-    print(f"sampling:     decoder {s.decode_sampler} × {s.decode_steps}, generator {s.generate_sampler} × {s.generate_steps}, "
+    print(f"sampling:     decoder {s.decode_sampler} × {s.decode_steps} (τ {s.decode_temperature}), generator {s.generate_sampler} × {s.generate_steps}, "
           f"cfg {s.cfg_scale} in {list(s.cfg_interval)}")  # fmt: skip
     return 0
 
@@ -136,7 +136,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             print(f"skipped {path}: {err}", file=sys.stderr)
             failed += 1
             continue
-        recon = model.reconstruct(image, steps=args.steps, sampler=args.sampler, seed=args.seed)[0]
+        recon = model.reconstruct(
+            image, steps=args.steps, sampler=args.sampler, temperature=args.temperature, seed=args.seed
+        )[0]
         target = out / f"{Path(path).stem}.png"
         recon.save(target)
         print(target)
@@ -260,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", required=True, help="one PNG per input is written here, same file stem")
     p.add_argument("--steps", type=int, help="decoder steps (default: the model's)")
     p.add_argument("--sampler", choices=["euler", "heun"], help="decoder sampler (default: the model's)")
+    p.add_argument("--temperature", type=float, help="decoder noise scale τ (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_reconstruct)
 

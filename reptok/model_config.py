@@ -26,6 +26,10 @@ class SamplingConfig(Config):
     decode_steps: int = 25  # decoder flow steps
     decode_sampler: Sampler = "euler"
     decode_shift: float = 1.0  # time-grid shift (sampling.time_grid)
+    # τ, the scale of the decoder's starting noise. τ < 1 starts nearer the mean latent given the
+    # token: sharper, surer reconstructions from a small, short-trained decoder, with less sampled
+    # detail (train/decode_sweep.py measures it; the shipped model's choice is in its model card).
+    decode_temperature: float = 1.0
     generate_steps: int = 50  # generator flow steps (cheap: one token)
     generate_sampler: Sampler = "euler"
     cfg_scale: float = 1.5

@@ -242,19 +242,22 @@ class RepTok:
         seed: int | Sequence[int] = 0,
         noise: Tensor | None = None,
         shift: float | None = None,
+        temperature: float | None = None,
         output_type: OutputType = "pil",
         progress: ProgressFn | None = None,
     ) -> list[Image.Image] | Tensor:
         """Tokens (B, 1, D) -> images. The decoder noise comes from `seed` (sample i: seed + i)
-        unless `noise` is given (e.g. the same noise for every frame of an interpolation)."""
+        unless `noise` is given (e.g. the same noise for every frame of an interpolation); either
+        way it is scaled by `temperature` (default: the config's `decode_temperature`)."""
         s = self.config.sampling
         z = z.to(self.device, torch.float32)
         c, n = self.config.decoder.in_channels, self.config.decoder.input_size
         if noise is None:
             noise = seeded_noise((z.shape[0], c, n, n), seed, device=self.device)
+        tau = s.decode_temperature if temperature is None else temperature
         x = integrate(
             lambda x_t, t: self.decoder(x_t, t, z),
-            noise.to(self.device, torch.float32),
+            noise.to(self.device, torch.float32) * tau,
             steps=steps or s.decode_steps,
             sampler=sampler or s.decode_sampler,
             shift=shift or s.decode_shift,

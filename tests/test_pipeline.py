@@ -117,6 +117,27 @@ def test_same_seed_same_output_different_seed_different(tiny_model: RepTok) -> N
     assert not torch.equal(s1, tiny_model.sample(labels=[0, 1], seed=6, output_type="pt"))
 
 
+def test_decode_temperature_scales_the_starting_noise(tiny_model: RepTok, tmp_path: Path) -> None:
+    z = tiny_model.encode(_image((10, 200, 10)))
+    c, n = tiny_model.config.decoder.in_channels, tiny_model.config.decoder.input_size
+    noise = torch.randn(1, c, n, n, generator=torch.Generator().manual_seed(0))
+    half = tiny_model.decode(z, noise=noise, temperature=0.5, steps=2, output_type="pt")
+    torch.testing.assert_close(
+        half, tiny_model.decode(z, noise=noise * 0.5, temperature=1.0, steps=2, output_type="pt")
+    )
+    # τ = 0 starts every seed at the same point: the decoder's deterministic path from the origin
+    zero = [tiny_model.decode(z, seed=s, temperature=0.0, steps=2, output_type="pt") for s in (1, 2)]
+    assert torch.equal(zero[0], zero[1])
+    # the config's default applies when no temperature is passed, and survives a save/load
+    tiny_model.config.sampling = tiny_model.config.sampling.replace(decode_temperature=0.5)
+    try:
+        torch.testing.assert_close(tiny_model.decode(z, noise=noise, steps=2, output_type="pt"), half)
+        tiny_model.save_pretrained(tmp_path / "m")
+    finally:
+        tiny_model.config.sampling = tiny_model.config.sampling.replace(decode_temperature=1.0)
+    assert RepTok.from_pretrained(tmp_path / "m").config.sampling.decode_temperature == 0.5
+
+
 def test_reconstruct_outputs(tiny_model: RepTok) -> None:
     images = tiny_model.reconstruct([_image((255, 0, 0), (50, 70)), _image((0, 0, 255), (1, 1))], steps=2)
     assert [im.size for im in images] == [(32, 32), (32, 32)]

@@ -53,7 +53,7 @@ def sweep(
         recon = torch.cat([
             model.decode(
                 z[b.start : b.stop], steps=s["steps"], sampler=s["sampler"], shift=s["shift"],
-                noise=seeded_noise((len(b), c, n, n), seed + b.start) * s["temperature"], output_type="pt",
+                noise=seeded_noise((len(b), c, n, n), seed + b.start), temperature=s["temperature"], output_type="pt",
             ).cpu()
             for b in _chunks(len(z), batch_size)
         ])  # fmt: skip  # (N, 3, S, S)

@@ -118,6 +118,7 @@ def evaluate(
     real_feats = space.features(real)
     metrics: dict[str, Any] = {"n": len(idx), "feature_space": space.name}
     metrics["decode_steps"] = steps or model.config.sampling.decode_steps
+    metrics["decode_temperature"] = model.config.sampling.decode_temperature
 
     recon_metrics, recon_t = reconstruction_metrics(
         model, real, steps=steps, seed=seed, batch_size=batch_size

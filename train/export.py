@@ -211,6 +211,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--decode-steps", type=int, help="default decoder steps shipped in each config")
     p.add_argument("--decode-sampler", choices=["euler", "heun"], help="default decoder sampler shipped")
+    p.add_argument(
+        "--decode-temperature", type=float, help="default decoder noise scale τ shipped (decode_sweep.py)"
+    )
     args = p.parse_args(argv)
     names = [name for name, _ in args.models]
     if len(set(names)) != len(names):
@@ -227,7 +230,11 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
     vaes: dict[str, Path] = {}
     sampling = {
         key: value
-        for key, value in {"decode_steps": args.decode_steps, "decode_sampler": args.decode_sampler}.items()
+        for key, value in {
+            "decode_steps": args.decode_steps,
+            "decode_sampler": args.decode_sampler,
+            "decode_temperature": args.decode_temperature,
+        }.items()
         if value is not None
     }
     exported = [
