@@ -85,10 +85,16 @@ def export_model(
     """Write one model in fp16 into models_dir/name; reference an already-written equal backbone
     (`backbones`) and VAE folder (`vaes`), both keyed by the content hash of their fp16 weights and
     filled in here. `sampling`: SamplingConfig fields to ship as the model's defaults (e.g. fewer
-    decoder steps). `main`: the app's default model (info["main"])."""
+    decoder steps), for a model not yet evaluated: one whose folder has a metrics.json (a shipped
+    model shipped again) keeps its own, since its metrics were measured with them.
+    `main`: the app's default model (info["main"])."""
     vaes = {} if vaes is None else vaes
     model = RepTok.from_pretrained(source)
-    model.config.sampling = model.config.sampling.replace(**sampling)
+    evaluated = (source / "metrics.json").is_file()
+    if sampling and evaluated:
+        print(f"{name}: keeps its sampling defaults (its metrics.json was measured with them)")
+    else:
+        model.config.sampling = model.config.sampling.replace(**sampling)
     out = models_dir / name
     if out.exists():
         shutil.rmtree(out)  # a re-export replaces the folder whole, so no stale file survives
@@ -111,7 +117,7 @@ def export_model(
     backbones.setdefault(sha256, out / "backbone.safetensors")
     if vae_sha256 is not None:
         vaes.setdefault(vae_sha256, out / "vae")
-    if (source / "metrics.json").is_file():
+    if evaluated:
         shutil.copy2(source / "metrics.json", out / "metrics.json")
     return Exported(name, source, model, sha256, lambda_label(model.config.encoder.cosine_weight))
 
