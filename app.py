@@ -34,6 +34,7 @@ EXAMPLES_DIR = ROOT / "assets" / "examples"
 MANIFOLD_ENV = "REPTOK_MANIFOLD"  # a manifold.npz written by train/export.py, instead of the shipped one
 MANIFOLD_PATH = ROOT / "assets" / "manifold.npz"
 MODEL_CARD = ROOT / "MODEL_CARD.md"
+CARD_DIR = ROOT / "assets" / "card"  # the model card's pictures, linked as assets/card/<name>.png
 _class_names = tabs.class_names  # bench/latency.py reads the Class dropdown's choices through this name
 # Model outputs are small (32-64 px): show them as crisp pixels, not a blur.
 CSS = """
@@ -91,7 +92,10 @@ with (its pictures are noise).
 """
     )
     if MODEL_CARD.is_file():
-        parts.append("---\n" + MODEL_CARD.read_text(encoding="utf-8"))
+        # The card links its pictures relative to the repository; in the page they come from the
+        # folder that build_demo serves as static files.
+        card = MODEL_CARD.read_text(encoding="utf-8")
+        parts.append("---\n" + card.replace("](assets/card/", f"](/gradio_api/file={CARD_DIR.as_posix()}/"))
     return "\n".join(parts)
 
 
@@ -109,6 +113,7 @@ def build_demo(
     `official`: a fetch of the official model (started by the caller) whose status line the page
     shows; its model joins the dropdowns when it is done."""
     models = models if models is not None else ModelRegistry()
+    gr.set_static_paths([CARD_DIR])  # the About tab's model-card pictures, nothing else
     app = Explorer(models, manifold_path or Path(os.environ.get(MANIFOLD_ENV) or MANIFOLD_PATH))
     examples = _examples()
 

@@ -59,7 +59,7 @@ def read_rows(export: Path) -> list[Row]:
                 lam=float(config["encoder"]["cosine_weight"]),
                 backbone_sha256=str(config.get("backbone_sha256", "")),
                 knn=info.get("backbone_knn"),
-                steps=info.get("steps"),
+                steps=info.get("total_steps", info.get("steps")),
                 metrics=json.loads(metrics_path.read_text()),
             )
         )
@@ -174,7 +174,13 @@ def seed_noise_line(rows: Sequence[Row], twin_metrics: Path) -> str:
     lam = float(config["encoder"]["cosine_weight"])
     method = config.get("info", {}).get("backbone_method")
     row = next(
-        (r for r in rows if r.method == method and r.lam == lam and r.steps == config["info"].get("steps")),
+        (
+            r
+            for r in rows
+            if r.method == method
+            and r.lam == lam
+            and r.steps == config["info"].get("total_steps", config["info"].get("steps"))
+        ),
         None,
     )
     if row is None:

@@ -193,6 +193,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--label", choices=["category", "subcategory"], default="category")
     p.add_argument("--steps", type=int, help="decoder steps (default: the model's)")
+    p.add_argument("--temperature", type=float, help="decoder noise scale τ (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument(
@@ -207,6 +208,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     start = time.perf_counter()
     model = RepTok.from_pretrained(args.model)
+    if args.temperature is not None:  # recorded in the metrics (decode_temperature)
+        model.config.sampling = model.config.sampling.replace(decode_temperature=args.temperature)
     metrics = evaluate(
         model, args.data, feature_space(args.features),
         n=args.n, label=args.label, steps=args.steps, seed=args.seed, batch_size=args.batch_size,

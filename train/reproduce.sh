@@ -3,9 +3,9 @@
 #
 #   bash train/reproduce.sh cpu     2 CPU cores, JOBS=2. Not yet run end to end on this machine: its
 #                                   VAE (89 min) and DAE backbone (72 min) ran side by side, then the
-#                                   default model's chain (stage A 40 min, class 4 min, text 14 min on
-#                                   both cores); the ablation rows at these step rates would take
-#                                   another ~3 h, over the 2.5 h aim (VAE --steps 500 saves an hour)
+#                                   default model's chain (stage A 40 min + its continuation 47 min,
+#                                   class 7 min, text 12 min on both cores); with the ablation rows
+#                                   that is well over the 2.5 h aim (VAE --steps 500 saves an hour)
 #   bash train/reproduce.sh gpu     one GPU: the gpu-* presets, the λ sweep and backbone runs side by side
 #   bash train/reproduce.sh test    tiny presets, seconds (tests/test_reproduce.py)
 #
@@ -23,6 +23,7 @@
 #   tok-<backbone>-lam<λ>              stage A: λ sweep on the main backbone, the others at the default λ
 #   gen-<backbone>-lam<λ>              stage B: class generator (subcategories) per tokenizer
 #   tok-main, gen-main                 the default model's own stage A and class generator, where the
+#   tok-main-more                      (cpu) the default model's stage A continued from tok-main (--init)
 #                                      scale gives it a longer preset than the ablations (cpu); else the
 #                                      ablation run on the main backbone at the default λ is the default
 #   main                               the default model's text generator; export/ what ships
@@ -54,7 +55,13 @@ case $scale in
     MAIN=dae
     # The ablation rows get equal, short budgets (cpu-xs); the default model a longer run (cpu-main).
     VAE=(--preset cpu) PRE=(--preset cpu-s) TOK=(--preset cpu-xs) MAIN_TOK=(--preset cpu-main) GEN=(--preset cpu-xs)
-    EVAL=() SHIP_STEPS=8
+    # The default model's stage A continues from its cpu-main run (--init: its adapted [cls] and
+    # decoder) for MAIN_TOK_MORE steps: the shipped one was trained in these two runs.
+    MAIN_TOK_MORE=(--preset cpu-main --steps 3600)
+    MAIN_GEN=(--preset cpu-xs --steps 4000)  # the default model's class generator: a longer run
+    # Decoder defaults shipped in every freshly trained model: measured on the default model with
+    # train/decode_sweep.py (the model card's sampler table).
+    EVAL=() SHIP_STEPS=2 SHIP_TAU=0.7
     declare -A PRE_STEPS=([dino]=150 [mae]=800 [clip]=400 [dae]=2500 [random]=0)
     FEATURES_METHOD=clip
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((2 / JOBS > 0 ? 2 / JOBS : 1))}
@@ -62,13 +69,15 @@ case $scale in
   gpu)
     MAIN=dae
     VAE=(--preset gpu) PRE=(--preset gpu-s) TOK=(--preset gpu-b) MAIN_TOK=("${TOK[@]}") GEN=(--preset gpu-b) EVAL=() SHIP_STEPS=8
+    MAIN_TOK_MORE=() MAIN_GEN=("${GEN[@]}") SHIP_TAU=1
     declare -A PRE_STEPS=([dino]=3000 [mae]=6000 [clip]=2500 [dae]=6000 [random]=0)
     FEATURES_METHOD=dino
     ;;
   test)
     MAIN=dae
     VAE=(--preset test) PRE=(--preset test) TOK=(--preset test) MAIN_TOK=(--preset test --steps 6) GEN=(--preset test)
-    EVAL=(--n 8) SHIP_STEPS=2
+    MAIN_TOK_MORE=(--preset test --steps 2) MAIN_GEN=("${GEN[@]}")
+    EVAL=(--n 8) SHIP_STEPS=2 SHIP_TAU=0.7
     declare -A PRE_STEPS=([dino]=2 [mae]=2 [clip]=2 [dae]=2 [random]=0)
     FEATURES_METHOD=mae
     ;;
@@ -111,6 +120,9 @@ if [[ "${MAIN_TOK[*]}" != "${TOK[*]}" ]]; then
 else
   OWN_MAIN=0 MAIN_TOK_RUN=$(tok "$MAIN" "$DEFAULT_LAM") MAIN_GEN_RUN=$(gen "$MAIN" "$DEFAULT_LAM")
 fi
+# The default model's final tokenizer: its continuation run's, where the scale has one.
+MAIN_TOK_MODEL=$MAIN_TOK_RUN/model
+(( OWN_MAIN && ${#MAIN_TOK_MORE[@]} )) && MAIN_TOK_MODEL=$RUNS/tok-main-more/model
 
 # The runs: the λ sweep on the main backbone, the other backbones at the default λ.
 BACKBONES=(random clip mae dino dae)
@@ -147,10 +159,17 @@ run features "$RUNS/features/log.jsonl" \
 finish; stop_after backbones
 
 # 3. Stage A of the ablation rows ([cls] embedding + decoder), and the default model's class generator.
-if (( OWN_MAIN )); then
+main_class_generator() {
   run gen-main "$MAIN_GEN_RUN/log.jsonl" \
-    python train/train_generator.py "${GEN[@]}" --data "$DATA" --tokenizer "$MAIN_TOK_RUN/model" \
+    python train/train_generator.py "${MAIN_GEN[@]}" --data "$DATA" --tokenizer "$MAIN_TOK_MODEL" \
     --cond class --label subcategory --out "$MAIN_GEN_RUN" --resume "${EXTRA[@]}"
+}
+if (( OWN_MAIN && ${#MAIN_TOK_MORE[@]} )); then
+  run tok-main-more "$RUNS/tok-main-more/log.jsonl" \
+    python train/train_tokenizer.py "${MAIN_TOK_MORE[@]}" --data "$DATA" --init "$MAIN_TOK_RUN/model" \
+    "${SPACE[@]}" --lam "$DEFAULT_LAM" --out "$RUNS/tok-main-more" --resume "${EXTRA[@]}"
+elif (( OWN_MAIN )); then
+  main_class_generator
 fi
 for pair in "${PAIRS[@]}"; do
   b=${pair%%:*} lam=${pair##*:}
@@ -167,6 +186,7 @@ finish; stop_after tokenizers
 # 4. Stage B: a class generator per ablation row (each row's gFD needs one); the default model's text
 #    generator, beside them when its class generator is done (its own run), else after them.
 MAIN_RUN=$RUNS/main
+if (( OWN_MAIN && ${#MAIN_TOK_MORE[@]} )); then main_class_generator; finish; fi  # after its continuation
 text_generator() {
   run main-text "$MAIN_RUN/log.jsonl" \
     env OMP_NUM_THREADS="$1" python train/train_generator.py "${GEN[@]}" --data "$DATA" \
@@ -194,7 +214,7 @@ for pair in "${PAIRS[@]}"; do
 done
 run export "$RUNS/export/manifold.npz" \
   python train/export.py "${EXPORT[@]}" --features "$RUNS/features" --data "$DATA" \
-  --out "$RUNS/export" --decode-steps "$SHIP_STEPS"
+  --out "$RUNS/export" --decode-steps "$SHIP_STEPS" --decode-temperature "$SHIP_TAU"
 finish; stop_after export
 
 # 5. Evaluate what ships, on the held-out split: metrics.json next to each exported model's weights,
@@ -209,7 +229,7 @@ for model in "$RUNS"/export/models/*/; do
 done
 run "eval-seed1" "$SEED_TWIN/model/metrics.json" \
   python train/evaluate.py --model "$SEED_TWIN/model" --data "$DATA" --features "$RUNS/export/features" \
-  --label subcategory "${EVAL[@]}"
+  --label subcategory --steps "$SHIP_STEPS" --temperature "$SHIP_TAU" "${EVAL[@]}"  # as the exported rows
 finish
 python train/ablation_tables.py "$RUNS/export" --seed-twin "$SEED_TWIN/model/metrics.json"
 echo "done: bash train/reproduce.sh $scale -> $RUNS/export (copy it over assets/ to ship it)"

@@ -233,6 +233,11 @@ def encoder_from_model(folder: Path, lam: float) -> tuple[Encoder, str, dict[str
     return encoder, f"{folder} backbone <- {source}", about  # source names the method already
 
 
+def stage_a_steps(info: dict[str, Any]) -> int:
+    """Stage A optimizer steps behind a saved model, across the --init runs it continues."""
+    return int(info.get("total_steps") or info.get("steps") or 0)
+
+
 @torch.no_grad()
 def start_from(init: RepTok, encoder: Encoder, decoder: Decoder) -> None:
     """--init: copy a saved model's adapted [cls] embedding and decoder weights (strictly: the
@@ -402,7 +407,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
                     "data": args.data,
                     "train_images": len(dataset),
                     "backbone": backbone_source,
-                    **({"init": str(args.init), "init_steps": init.config.info.get("steps")} if init else {}),
+                    **(
+                        {
+                            "init": str(args.init),
+                            "init_steps": init.config.info.get("steps"),
+                            # stage A steps behind this model, the runs it continues included
+                            "total_steps": trainer.step + stage_a_steps(init.config.info),
+                        }
+                        if init
+                        else {}
+                    ),
                     "backbone_method": backbone_about["method"],
                     "backbone_knn": backbone_about["knn"],
                     "lam": args.lam,
