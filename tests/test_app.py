@@ -228,6 +228,22 @@ def test_compare_backbones(client: Client, files: dict[str, Path]) -> None:
     assert "tiny" in neighbours and "emoji" in neighbours
 
 
+def test_registry_holds_large_models_in_bf16(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app_parts import registry as reg
+
+    monkeypatch.delenv(reg.DTYPE_ENV, raising=False)
+    assert ModelRegistry([model_dir]).get().dtype == torch.float32  # a small model: fp32
+    monkeypatch.setattr(reg, "BF16_MIN_PARAMETERS", 1)  # every model counts as large
+    model = ModelRegistry([model_dir]).get()
+    assert model.dtype == torch.bfloat16
+    assert model.reconstruct(Image.new("RGB", (32, 32), "red"), steps=2, output_type="pt").isfinite().all()
+    monkeypatch.setenv(reg.DTYPE_ENV, "float32")  # the setting wins over the size
+    assert ModelRegistry([model_dir]).get().dtype == torch.float32
+    monkeypatch.setenv(reg.DTYPE_ENV, "float8")
+    with pytest.raises(ValueError, match="REPTOK_DTYPE"):
+        ModelRegistry([model_dir]).get()
+
+
 def test_registry_rows_one_tokenizer_per_backbone_and_per_lambda(model_dir: Path, tmp_path: Path) -> None:
     base = json.loads((model_dir / "config.json").read_text())
 

@@ -138,6 +138,27 @@ def test_decode_temperature_scales_the_starting_noise(tiny_model: RepTok, tmp_pa
     assert RepTok.from_pretrained(tmp_path / "m").config.sampling.decode_temperature == 0.5
 
 
+def test_bf16_weights_compute_under_autocast_close_to_fp32(tiny_model_dir: Path) -> None:
+    """from_pretrained(dtype=torch.bfloat16): every method takes and returns fp32, close to fp32's."""
+    fp32 = RepTok.from_pretrained(tiny_model_dir)
+    bf16 = RepTok.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+    assert (fp32.dtype, bf16.dtype) == (torch.float32, torch.bfloat16)
+    images = [_image((200, 30, 30)), _image((20, 90, 220))]
+    z32, z16 = fp32.encode(images), bf16.encode(images)
+    assert z16.dtype == torch.float32
+    assert float(torch.nn.functional.cosine_similarity(z32, z16, dim=-1).min()) > 0.99
+    r32 = fp32.decode(z32, seed=0, steps=2, output_type="pt")
+    r16 = bf16.decode(z32, seed=0, steps=2, output_type="pt")
+    assert r16.dtype == torch.float32 and float((r16 - r32).abs().mean()) < 0.05
+    s16 = bf16.sample_tokens(labels=[0, 1], seed=0, steps=4)
+    s32 = fp32.sample_tokens(labels=[0, 1], seed=0, steps=4)
+    assert s16.dtype == torch.float32
+    assert float(torch.nn.functional.cosine_similarity(s32, s16, dim=-1).min()) > 0.95
+    assert (
+        bf16.sample(prompts=["red apple"], seed=0, steps=2, decode_steps=2, output_type="pt").isfinite().all()
+    )
+
+
 def test_reconstruct_outputs(tiny_model: RepTok) -> None:
     images = tiny_model.reconstruct([_image((255, 0, 0), (50, 70)), _image((0, 0, 255), (1, 1))], steps=2)
     assert [im.size for im in images] == [(32, 32), (32, 32)]
