@@ -67,15 +67,20 @@ def decoder_steps(models: ModelRegistry) -> gr.Slider:
     return gr.Slider(1, 100, value=steps, step=1, label="Decoder steps")
 
 
-def steps_follow_model(model: gr.Dropdown, steps: gr.Slider, models: ModelRegistry) -> None:
-    """Picking a model sets the decoder steps to its own default (emoji models 2, the official XL 50),
-    as a diffusers pipeline's defaults come with its checkpoint; the slider then overrides it."""
-    model.change(
-        lambda label: gr.Slider(value=models.entry(label).config.sampling.decode_steps),
-        model,
-        steps,
-        api_visibility="private",
-    )
+def defaults_follow_model(
+    model: gr.Dropdown, models: ModelRegistry, steps: gr.Slider, cfg: gr.Slider | None = None
+) -> None:
+    """Picking a model sets the decoder steps (emoji models 2, the official XL 50) and, on the sampling
+    tabs, the guidance scale to its own defaults, as a diffusers pipeline's defaults come with its
+    checkpoint; the sliders then override them."""
+
+    def defaults(label: str) -> gr.Slider | tuple[gr.Slider, gr.Slider]:
+        sampling = models.entry(label).config.sampling
+        if cfg is None:
+            return gr.Slider(value=sampling.decode_steps)
+        return gr.Slider(value=sampling.decode_steps), gr.Slider(value=sampling.cfg_scale)
+
+    model.change(defaults, model, [steps] if cfg is None else [steps, cfg], api_visibility="private")
 
 
 def seed_box(label: str = "Seed") -> gr.Number:
@@ -144,7 +149,7 @@ def reconstruct_tab(demo: gr.Blocks, app: Explorer, examples: list[str]) -> gr.D
                 seed = seed_box()
             button = gr.Button("Reconstruct", variant="primary")
             expected_time(demo, app.estimate_reconstruct, [model, steps])
-    steps_follow_model(model, steps, models)
+    defaults_follow_model(model, models, steps)
     with gr.Row(elem_classes="pixel-out"):
         original = gr.Image(label="Original (model size)", format="png", interactive=False, height=256)
         recon = gr.Image(
@@ -184,7 +189,7 @@ def class_sampling_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
             button = gr.Button("Sample", variant="primary")
             expected_time(demo, app.estimate_sample, [model, controls[3], controls[5]])  # steps, n
         samples = gallery("Samples")
-    steps_follow_model(model, controls[3], models)
+    defaults_follow_model(model, models, controls[3], cfg=controls[0])
     model.change(
         lambda label: gr.Dropdown(choices=class_names(models, label), value=None),
         model,
@@ -207,7 +212,7 @@ def text_prompts_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
             button = gr.Button("Sample", variant="primary")
             expected_time(demo, app.estimate_sample, [model, controls[3], controls[5]])  # steps, n
         samples = gallery("Samples")
-    steps_follow_model(model, controls[3], models)
+    defaults_follow_model(model, models, controls[3], cfg=controls[0])
     gr.Examples([[p] for p in PROMPT_EXAMPLES], inputs=[prompt], label="Prompts")
     gr.on(
         [button.click, prompt.submit],
@@ -232,7 +237,7 @@ def interpolation_tab(app: Explorer, examples: list[str]) -> gr.Dropdown:
                 steps = decoder_steps(models)
                 seed = seed_box("Seed (one decoder noise for every frame)")
             button = gr.Button("Interpolate", variant="primary")
-    steps_follow_model(model, steps, models)
+    defaults_follow_model(model, models, steps)
     if len(examples) >= 2:
         pairs = [[a, b] for a, b in zip(examples[0::2], examples[1::2], strict=False)][:8]
         gr.Examples(pairs, inputs=[image_a, image_b], label="Example pairs")

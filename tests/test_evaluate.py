@@ -53,6 +53,9 @@ def test_evaluate_writes_named_metrics(setup: tuple[Path, Path, Path], tmp_path:
                 f"text_gFD_{space}", f"text_retrieval_top1_{space}", f"text_retrieval_top5_{space}"):  # fmt: skip
         assert key in metrics and math.isfinite(metrics[key]), key
     assert 0 <= metrics[f"class_probe_acc_{space}"] <= 1
+    # the references: the same probe on the real images, the same retrieval for the reconstructions
+    for key in (f"class_probe_acc_real_{space}", f"recon_retrieval_top5_{space}"):
+        assert 0 <= metrics[key] <= 1, key
     assert metrics[f"text_retrieval_top1_{space}"] <= metrics[f"text_retrieval_top5_{space}"] <= 1
     assert metrics["cos_to_frozen"] == pytest.approx(1.0, abs=1e-4)  # an untrained token has not moved
     # the same run twice gives the same numbers (seeded noise everywhere)
@@ -85,3 +88,33 @@ def test_decode_sweep_rows_match_evaluate_at_the_same_setting(
     assert rows[2]["psnr"] == pytest.approx(ref["psnr"], abs=1e-4)
     assert rows[2]["identification"] == ref["identification"]
     assert rows[2]["psnr"] != rows[3]["psnr"]  # the temperature reaches the sampler
+
+
+def test_guidance_sweep_rows_match_evaluate_at_the_model_scale(
+    setup: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """train/guidance_sweep.py: one row per (condition, scale); at the model's own cfg_scale it is
+    evaluate.py's class and text sample metrics, and the scale reaches the sampler."""
+    from train import guidance_sweep
+
+    data, features, model = setup
+    scale = RepTok.from_pretrained(model).config.sampling.cfg_scale
+    rows = guidance_sweep.main(["--model", str(model), "--data", str(data), "--features", str(features),
+                                "--n", "6", "--steps", "2", "--cfg-scale", str(scale), "4",
+                                "--out", str(tmp_path / "sweep.json")])  # fmt: skip
+    assert [(r["cond"], r["cfg_scale"]) for r in rows] == [
+        ("class", scale),
+        ("class", 4.0),
+        ("text", scale),
+        ("text", 4.0),
+    ]
+    assert json.loads((tmp_path / "sweep.json").read_text())["rows"] == rows
+    ref = evaluate.main(["--model", str(model), "--data", str(data), "--features", str(features),
+                         "--n", "6", "--steps", "2", "--out", str(tmp_path / "m.json")])  # fmt: skip
+    space = ref["feature_space"]
+    for key in (f"gFD_{space}", f"class_probe_acc_{space}"):
+        assert rows[0][key] == pytest.approx(ref[key], abs=1e-4), key
+    for key in (f"text_gFD_{space}", f"text_retrieval_top5_{space}"):
+        assert rows[2][key] == pytest.approx(ref[key], abs=1e-4), key
+    assert rows[0][f"gFD_{space}"] != rows[1][f"gFD_{space}"]
+    assert rows[2][f"text_gFD_{space}"] != rows[3][f"text_gFD_{space}"]

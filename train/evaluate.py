@@ -18,10 +18,13 @@ Measured on the first --n held-out images (held-out emoji codes are unseen in ev
                                of a style no training saw (the shipped recipe: Fluent Emoji)
     rFD_<space>                Fréchet distance, reconstructions vs originals
     gFD_<space>                Fréchet distance, class samples (same label mix) vs the originals
-    class_probe_acc_<space>    a k-NN probe on the train split names the class asked for
+    class_probe_acc_<space>    a k-NN probe on the train split names the class asked for; _real: the
+                               same probe on the real held-out images (the probe's own ceiling)
     text_gFD_<space>, text_retrieval_top1/top5_<space>
                                text samples from held-out captions; retrieval: the sample's nearest
                                held-out image (in the same features) is the captioned emoji
+    recon_retrieval_top5_<space>
+                               the same retrieval for the reconstructions: text retrieval's reference
 
 <space> names the fixed feature extractor: an in-house backbone's normalised [cls] output
 ("dino-3f2a9c1e" = method + content hash). These Fréchet distances are NOT FID: FID means
@@ -41,12 +44,21 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from reptok.metrics import FeatureSpace, effective_rank, identification, psnr, ridge_probe, ssim
+from reptok.metrics import (
+    FeatureSpace,
+    effective_rank,
+    frechet_distance,
+    identification,
+    psnr,
+    ridge_probe,
+    ssim,
+)
 from reptok.pipeline import RepTok
 from train.data import EmojiData, EmojiDataset
 from train.knn import knn_classify
@@ -97,6 +109,97 @@ def reconstruction_metrics(
 
 
 @torch.inference_mode()
+def draw_samples(
+    model: RepTok,
+    kind: str,
+    conditions: Sequence[Any],
+    *,
+    steps: int | None,
+    seed: int,
+    batch_size: int,
+    cfg_scale: float | None,
+) -> Tensor:
+    """One sample per condition (`kind`: "labels" or "prompts"), in batches seeded by their offset, so
+    the same condition list gives the same samples at any batch position."""
+    return torch.cat([
+        model.sample(**{kind: conditions[c.start : c.stop]}, seed=seed + c.start, decode_steps=steps, cfg_scale=cfg_scale, output_type="pt").cpu()
+        for c in tqdm(_chunks(len(conditions), batch_size), desc=f"{kind} samples")
+    ])  # fmt: skip  # (n, 3, S, S)
+
+
+@torch.inference_mode()
+def class_sample_metrics(
+    model: RepTok,
+    heldout: EmojiDataset,
+    train: EmojiDataset,
+    idx: Sequence[int],
+    real: Tensor,
+    space: FeatureSpace,
+    *,
+    steps: int | None,
+    seed: int,
+    batch_size: int,
+    cfg_scale: float | None = None,
+) -> dict[str, float]:
+    """gFD and the k-NN class probe of class samples drawn for the held-out label mix of `idx`."""
+    labels = [int(heldout[i]["label"]) for i in idx]
+    samples = draw_samples(model, "labels", labels, steps=steps, seed=seed, batch_size=batch_size, cfg_scale=cfg_scale)  # fmt: skip
+    train_images = _images(train, range(len(train)))  # (N, 3, S, S)
+    bank = torch.from_numpy(space.features(train_images))  # (N, F), unit norm
+    bank_labels = torch.tensor([int(train[i]["label"]) for i in range(len(train))])
+    target = torch.tensor(labels)
+
+    def probe(images: Tensor) -> float:
+        feats = torch.from_numpy(space.features(images))  # (n, F)
+        return float(
+            (knn_classify(bank, bank_labels, feats, 20, 0.07, len(train.class_names)) == target)
+            .float()
+            .mean()
+        )
+
+    return {
+        space.key("gFD"): space.distance(samples, real),
+        space.key("class_probe_acc"): probe(samples),
+        # the same probe on the real held-out images: what a sampler that drew the data itself would get
+        space.key("class_probe_acc_real"): probe(real),
+    }
+
+
+def retrieval_hits(query_feats: np.ndarray, real_feats: np.ndarray, codes: Sequence[str]) -> Tensor:
+    """(n, 5) bool: whether each of query i's 5 nearest held-out images (cosine, unit-norm features)
+    shows the emoji code of held-out image i, in any style."""
+    sims = torch.from_numpy(query_feats) @ torch.from_numpy(real_feats).T  # (n, n)
+    top5 = sims.topk(min(5, len(codes)), dim=1).indices  # (n, 5) nearest held-out images
+    return torch.tensor([[codes[j] == codes[i] for j in row] for i, row in enumerate(top5.tolist())])
+
+
+@torch.inference_mode()
+def text_sample_metrics(
+    model: RepTok,
+    heldout: EmojiDataset,
+    idx: Sequence[int],
+    real_feats: np.ndarray,
+    space: FeatureSpace,
+    *,
+    steps: int | None,
+    seed: int,
+    batch_size: int,
+    cfg_scale: float | None = None,
+) -> dict[str, float]:
+    """text gFD and retrieval of text samples drawn from the held-out captions of `idx`."""
+    prompts = [str(heldout[i]["caption"]) for i in idx]
+    codes = [str(heldout[i]["code"]) for i in idx]
+    samples = draw_samples(model, "prompts", prompts, steps=steps, seed=seed, batch_size=batch_size, cfg_scale=cfg_scale)  # fmt: skip
+    sample_feats = space.features(samples)  # (n, F), unit norm
+    hit = retrieval_hits(sample_feats, real_feats, codes)  # (n, 5)
+    return {
+        space.key("text_gFD"): frechet_distance(sample_feats, real_feats),
+        space.key("text_retrieval_top1"): float(hit[:, 0].float().mean()),
+        space.key("text_retrieval_top5"): float(hit.any(1).float().mean()),
+    }
+
+
+@torch.inference_mode()
 def evaluate(
     model: RepTok,
     data: str | Path,
@@ -119,6 +222,7 @@ def evaluate(
     metrics: dict[str, Any] = {"n": len(idx), "feature_space": space.name}
     metrics["decode_steps"] = steps or model.config.sampling.decode_steps
     metrics["decode_temperature"] = model.config.sampling.decode_temperature
+    metrics["cfg_scale"] = model.config.sampling.cfg_scale
 
     recon_metrics, recon_t = reconstruction_metrics(
         model, real, steps=steps, seed=seed, batch_size=batch_size
@@ -128,6 +232,10 @@ def evaluate(
     cos = [model.cosine_to_frozen(real[c.start : c.stop]).cpu() for c in _chunks(len(idx), batch_size)]
     metrics["cos_to_frozen"] = float(torch.cat(cos).mean())
     metrics[space.key("rFD")] = space.distance(recon_t, real)
+    # Text retrieval's reference: the reconstructions' own retrieval, what a text generator that drew
+    # each caption's exact token would reach.
+    hit = retrieval_hits(space.features(recon_t), real_feats, [str(heldout[i]["code"]) for i in idx])
+    metrics[space.key("recon_retrieval_top5")] = float(hit.any(1).float().mean())
     train_images = _images(train, range(len(train)))  # (N, 3, S, S): the mean image and the probe's bank
     heldout_tokens = encode_all(model, real)  # (n, D)
     metrics["token_effective_rank"] = effective_rank(heldout_tokens)
@@ -140,34 +248,11 @@ def evaluate(
     metrics["baseline_mean_image_ssim"] = float(ssim(mean_image, real).mean())
 
     if model.class_generator is not None and model.config.class_names == heldout.class_names:
-        labels = [int(heldout[i]["label"]) for i in idx]  # the held-out label mix
-        samples = torch.cat([
-            model.sample(labels=labels[c.start : c.stop], seed=seed + c.start, decode_steps=steps, output_type="pt").cpu()
-            for c in tqdm(_chunks(len(idx), batch_size), desc="class samples")
-        ])  # fmt: skip
-        metrics[space.key("gFD")] = space.distance(samples, real)
-        bank = torch.from_numpy(space.features(train_images))  # (N, F), unit norm
-        bank_labels = torch.tensor([int(train[i]["label"]) for i in range(len(train))])
-        preds = knn_classify(
-            bank, bank_labels, torch.from_numpy(space.features(samples)), 20, 0.07, len(train.class_names)
-        )
-        metrics[space.key("class_probe_acc")] = float((preds == torch.tensor(labels)).float().mean())
+        metrics |= class_sample_metrics(model, heldout, train, idx, real, space, steps=steps, seed=seed, batch_size=batch_size)  # fmt: skip
     elif model.class_generator is not None:
         metrics["class_generator"] = f"skipped: its classes are not the data set's {label} labels"
-
     if model.text_generator is not None:
-        prompts = [str(heldout[i]["caption"]) for i in idx]
-        codes = [str(heldout[i]["code"]) for i in idx]
-        samples = torch.cat([
-            model.sample(prompts=prompts[c.start : c.stop], seed=seed + c.start, decode_steps=steps, output_type="pt").cpu()
-            for c in tqdm(_chunks(len(idx), batch_size), desc="text samples")
-        ])  # fmt: skip
-        metrics[space.key("text_gFD")] = space.distance(samples, real)
-        sims = torch.from_numpy(space.features(samples)) @ torch.from_numpy(real_feats).T  # (n, n)
-        top5 = sims.topk(min(5, len(idx)), dim=1).indices  # (n, 5) nearest held-out images
-        hit = torch.tensor([[codes[j] == codes[i] for j in row] for i, row in enumerate(top5.tolist())])
-        metrics[space.key("text_retrieval_top1")] = float(hit[:, 0].float().mean())
-        metrics[space.key("text_retrieval_top5")] = float(hit.any(1).float().mean())
+        metrics |= text_sample_metrics(model, heldout, idx, real_feats, space, steps=steps, seed=seed, batch_size=batch_size)  # fmt: skip
 
     if unseen_data is not None:
         unseen = EmojiDataset(unseen_data, split="heldout", label=label, image_size=model.image_size)
@@ -194,6 +279,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--label", choices=["category", "subcategory"], default="category")
     p.add_argument("--steps", type=int, help="decoder steps (default: the model's)")
     p.add_argument("--temperature", type=float, help="decoder noise scale τ (default: the model's)")
+    p.add_argument("--cfg-scale", type=float, help="guidance scale of the samples (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument(
@@ -210,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model = RepTok.from_pretrained(args.model)
     if args.temperature is not None:  # recorded in the metrics (decode_temperature)
         model.config.sampling = model.config.sampling.replace(decode_temperature=args.temperature)
+    if args.cfg_scale is not None:  # recorded in the metrics (cfg_scale)
+        model.config.sampling = model.config.sampling.replace(cfg_scale=args.cfg_scale)
     metrics = evaluate(
         model, args.data, feature_space(args.features),
         n=args.n, label=args.label, steps=args.steps, seed=args.seed, batch_size=args.batch_size,

@@ -1,0 +1,122 @@
+"""Class and text samples of one model across classifier-free guidance scales, on the held-out split.
+
+    python train/guidance_sweep.py --model assets/models/reptok-emoji --data data/emoji64.npz \
+        --features assets/features --label subcategory --cfg-scale 1 1.5 3 5
+
+Each scale draws the same samples from the same seeds that train/evaluate.py draws (the held-out
+label mix for classes, the held-out captions for text) and scores them with its definitions:
+gFD and the k-NN class probe for class samples, text gFD and retrieval top-1/top-5 for text
+samples, in the --features space (Fréchet distances in in-house features, not FID). Guidance
+trades diversity for fidelity to the condition: the probe and retrieval rise with the scale,
+and the gFD says what that costs in spread. This is how the shipped default cfg_scale is
+chosen: see MODEL_CARD.md. The table goes to stdout and, with --out, the JSON beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reptok.metrics import FeatureSpace
+from reptok.pipeline import RepTok
+from train.data import EmojiDataset
+from train.evaluate import _images, class_sample_metrics, feature_space, text_sample_metrics
+
+
+def sweep(
+    model: RepTok,
+    heldout: EmojiDataset,
+    train: EmojiDataset,
+    n: int,
+    space: FeatureSpace,
+    scales: Sequence[float],
+    *,
+    conds: Sequence[str] = ("class", "text"),
+    steps: int | None = None,
+    seed: int = 0,
+    batch_size: int = 64,
+) -> list[dict[str, Any]]:
+    """One row per (condition, scale): the metrics train/evaluate.py reports for those samples."""
+    idx = list(range(min(n, len(heldout))))
+    real = _images(heldout, idx)  # (n, 3, S, S)
+    real_feats = space.features(real)
+    common = {"steps": steps, "seed": seed, "batch_size": batch_size}
+    rows = []
+    for cond in conds:
+        if cond == "class" and model.class_generator is None:
+            continue
+        if cond == "class" and model.config.class_names != heldout.class_names:
+            raise SystemExit("the class generator's classes are not this --label's; pass the right --label")
+        if cond == "text" and model.text_generator is None:
+            continue
+        for scale in scales:
+            start = time.perf_counter()
+            if cond == "class":
+                m = class_sample_metrics(model, heldout, train, idx, real, space, cfg_scale=scale, **common)
+            else:
+                m = text_sample_metrics(model, heldout, idx, real_feats, space, cfg_scale=scale, **common)
+            row = {"cond": cond, "cfg_scale": scale, "seconds": round(time.perf_counter() - start, 1), **m}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def markdown(rows: Sequence[dict[str, Any]], n: int) -> str:
+    out = [f"{n} held-out images."]
+    for cond in ("class", "text"):
+        part = [r for r in rows if r["cond"] == cond]
+        if not part:
+            continue
+        keys = [k for k in part[0] if k not in ("cond", "cfg_scale")]
+        out += ["", f"{cond} samples:", "", "| cfg scale | " + " | ".join(keys) + " |"]
+        out.append("|" + "---|" * (1 + len(keys)))
+        for r in part:
+            vals = [f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys]
+            out.append(f"| {r['cfg_scale']} | " + " | ".join(vals) + " |")
+    return "\n".join(out)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a RepTok model folder")
+    p.add_argument("--data", required=True, help="the .npz written by train/prepare_emoji.py")
+    p.add_argument(
+        "--features", required=True, help="in-house backbone folder whose features score the samples"
+    )
+    p.add_argument("--label", choices=["category", "subcategory"], default="category")
+    p.add_argument("--n", type=int, default=1000, help="held-out images, at most (default 1000)")
+    p.add_argument("--cfg-scale", type=float, nargs="+", default=[1.0, 1.5, 3.0])
+    p.add_argument("--cond", nargs="+", choices=["class", "text"], default=["class", "text"])
+    p.add_argument("--steps", type=int, help="decoder steps (default: the model's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", default=None, help="write the rows as JSON here")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    args = parse_args(argv)
+    model = RepTok.from_pretrained(args.model)
+    heldout = EmojiDataset(args.data, split="heldout", label=args.label, image_size=model.image_size)
+    train = EmojiDataset(args.data, split="train", label=args.label, image_size=model.image_size)
+    rows = sweep(
+        model, heldout, train, args.n, feature_space(args.features), args.cfg_scale,
+        conds=args.cond, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+    )  # fmt: skip
+    print(markdown(rows, min(args.n, len(heldout))))
+    if args.out:
+        Path(args.out).write_text(
+            json.dumps({"model": args.model, "label": args.label, "rows": rows}, indent=2) + "\n"
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    main()
