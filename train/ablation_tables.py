@@ -194,6 +194,10 @@ def seed_noise_line(rows: Sequence[Row], twin_metrics: Path) -> str:
         ]
         if key in row.metrics and key in twin
     ]  # fmt: skip
+    for kind in ("rFD", "gFD"):  # in the feature space metrics.json names
+        key = next((k for k in row.metrics if k.startswith(f"{kind}_")), None)
+        if key is not None and key in twin:
+            diffs.append((kind, abs(row.metrics[key] - twin[key]), "{:.4f}"))
     text = ", ".join(f"{name} {fmt.format(d)}" for name, d, fmt in diffs)
     return f"Seed noise: `{row.name}` trained again with seed 1 differs by {text}."
 
