@@ -23,7 +23,7 @@ Measured on the first --n held-out images (held-out emoji codes are unseen in ev
     text_gFD_<space>, text_retrieval_top1/top5_<space>
                                text samples from held-out captions; retrieval: the sample's nearest
                                held-out image (in the same features) is the captioned emoji
-    recon_retrieval_top5_<space>
+    recon_top5_same_code_<space>
                                the same retrieval for the reconstructions: text retrieval's reference
 
 <space> names the fixed feature extractor: an in-house backbone's normalised [cls] output
@@ -235,7 +235,7 @@ def evaluate(
     # Text retrieval's reference: the reconstructions' own retrieval, what a text generator that drew
     # each caption's exact token would reach.
     hit = retrieval_hits(space.features(recon_t), real_feats, [str(heldout[i]["code"]) for i in idx])
-    metrics[space.key("recon_retrieval_top5")] = float(hit.any(1).float().mean())
+    metrics[space.key("recon_top5_same_code")] = float(hit.any(1).float().mean())
     train_images = _images(train, range(len(train)))  # (N, 3, S, S): the mean image and the probe's bank
     heldout_tokens = encode_all(model, real)  # (n, D)
     metrics["token_effective_rank"] = effective_rank(heldout_tokens)
