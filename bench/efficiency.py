@@ -58,9 +58,10 @@ from reptok.metrics import FeatureSpace, frechet_distance
 from reptok.pipeline import RepTok
 from train.batches import seed_everything, step_generator
 from train.cli import add_time_schedule_arg
-from train.common import TrainConfig, Trainer, to_plain
+from train.common import Trainer
 from train.data import EmojiDataset
 from train.evaluate import _chunks, feature_space
+from train.loop_config import TrainConfig, to_plain
 from train.train_generator import PRESETS, class_loss, encode_dataset
 
 SampleFn = Callable[[nn.Module, Tensor, int], tuple[Tensor, dict[str, float]]]

@@ -26,7 +26,8 @@ from reptok.encoder import ENCODER_PRESETS, create_backbone  # noqa: E402
 from reptok.pipeline import RepTok  # noqa: E402
 from train import train_generator, train_tokenizer, train_vae  # noqa: E402
 from train.batches import resumable_batches, step_generator  # noqa: E402
-from train.common import TrainConfig, Trainer, config_differences  # noqa: E402
+from train.common import Trainer  # noqa: E402
+from train.loop_config import TrainConfig, config_differences  # noqa: E402
 
 
 def write_shapes(root: Path, per_class: int = 8, size: int = 32) -> Path:
@@ -316,6 +317,31 @@ def test_clip_groups_clip_each_group_on_its_own(tmp_path: Path) -> None:
     trainer.fit(iter([{"x": torch.ones(2, 4)}]), loss_fn)
     assert grads["big"] == pytest.approx(1.0, rel=1e-4)  # clipped to grad_clip
     assert 0 < grads["small"] < 1e-2  # untouched: a global clip would have scaled it by ~1e-7
+
+
+@pytest.mark.parametrize(("warmup", "decay"), [(0, 0), (2, 0), (0, 3), (2, 3)])
+def test_lr_schedule_is_warmup_stable_decay(warmup: int, decay: int) -> None:
+    cfg = TrainConfig(steps=8, batch_size=1, lr=1.0, warmup_steps=warmup, decay_steps=decay)
+    lrs = [cfg.lr_multiplier(s) for s in range(cfg.steps)]
+    assert lrs[: warmup or 1] == pytest.approx(
+        [(s + 1) / warmup if warmup else 1.0 for s in range(warmup or 1)]
+    )
+    assert lrs[warmup : cfg.steps - decay] == [1.0] * (cfg.steps - decay - warmup)  # the stable phase
+    assert lrs[cfg.steps - decay :] == pytest.approx([(decay - k) / decay for k in range(decay)])  # to 0
+
+
+def test_a_stable_run_cooled_down_on_resume_is_the_decay_run(data_dir: Path, tmp_path: Path) -> None:
+    base = ["--lam", "0.5", "--ckpt-every", "1", "--warmup-steps", "1"]
+    train_tokenizer.main(
+        stage_a_args(data_dir, tmp_path / "wsd", *base, "--steps", "6", "--decay-steps", "3")
+    )
+    train_tokenizer.main(stage_a_args(data_dir, tmp_path / "split", *base, "--steps", "3"))
+    train_tokenizer.main(
+        stage_a_args(data_dir, tmp_path / "split", *base, "--steps", "6", "--decay-steps", "3", "--resume")
+    )
+    _assert_same_checkpoint(tmp_path / "wsd", tmp_path / "split", step=6)
+    lrs = [json.loads(line).get("lr") for line in (tmp_path / "wsd" / "log.jsonl").read_text().splitlines()]
+    assert [lr for lr in lrs if lr is not None][-1] < 1e-9  # the last step's LR (logged after it) is 0
 
 
 def test_resume_config_check_allows_fields_added_since_but_not_changes() -> None:

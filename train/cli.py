@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 from reptok.flow import TimeSampling
-from train.common import TrainConfig
+from train.loop_config import TrainConfig
 
 
 def select_preset(argv: Sequence[str], presets: Mapping[str, Any], default: str) -> str:
@@ -56,6 +56,10 @@ def add_train_args(
     g.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate after warmup")
     g.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW decay on matrices")
     g.add_argument("--warmup-steps", type=int, default=d.warmup_steps, help="linear LR warmup")
+    g.add_argument(
+        "--decay-steps", type=int, default=d.decay_steps,
+        help="linear LR decay to 0 over the last N steps (0: constant); may be set on --resume to cool a run down",
+    )  # fmt: skip
     g.add_argument("--ema-decay", type=float, default=d.ema_decay, help="EMA of the weights (what is saved)")
     g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max gradient norm (0: off)")
     g.add_argument("--log-every", type=int, default=d.log_every, help="steps between log lines")

@@ -2,8 +2,7 @@
 
 API (see train/train_tokenizer.py for a complete use). Here:
 
-    TrainConfig                        the loop knobs every script shares (presets hold one each)
-    to_plain(value)                    dataclasses / Paths / tuples / inf -> JSON-safe plain types
+    (TrainConfig, to_plain and config_differences live in train/loop_config.py)
     Trainer(cfg, out_dir, model, params, run_config, *, resume=False, compile_modules=None)
         .fit(batches, loss_fn)         loss_fn(model, batch, generator) -> (loss, {name: float | 0-d tensor})
         .batches(dataset, collate=None)   resumable_batches from the trainer's step, rank and world size
@@ -31,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import hashlib
 import json
 import math
@@ -39,9 +37,8 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,68 +47,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from train.batches import resumable_batches, step_generator
+from train.loop_config import Precision, TrainConfig, config_differences, to_plain
 
-Precision = Literal["auto", "fp32", "bf16"]
 LossFn = Callable[[nn.Module, dict[str, Any], torch.Generator], tuple[Tensor, dict[str, float | Tensor]]]
 CHECKPOINT_FORMAT = "reptok-train-checkpoint"
 CHECKPOINT_VERSION = 1
-# Run-config entries that may change on --resume: they do not change the trajectory (the LR is
-# constant after warmup, so --steps can be raised to extend a run), or only its speed.
-RESUMABLE_CHANGES = frozenset(
-    f"train.{name}"
-    for name in ("steps", "log_every", "ckpt_every", "num_workers", "compile", "precision", "max_minutes")
-)
-
-
-@dataclass
-class TrainConfig:
-    steps: int  # optimizer steps in total, counted across resumes
-    batch_size: int  # per process
-    lr: float  # peak learning rate (AdamW); constant after warmup
-    weight_decay: float = 0.0  # AdamW decay, on matrices only (not biases, norms, embeddings' 1-D rows)
-    warmup_steps: int = 0  # linear warmup from 0 to lr
-    ema_decay: float = 0.999  # the saved model is the EMA; warmed up as min(decay, (1+k)/(10+k))
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    log_every: int = 50
-    ckpt_every: int = 1000  # also written at the last step
-    seed: int = 0
-    num_workers: int = 0  # DataLoader workers; 0 loads in the main process (in-memory data sets)
-    precision: Precision = "auto"  # auto: bf16 autocast on a GPU that has it, fp32 elsewhere
-    compile: bool = False  # torch.compile the heavy modules (GPU only; ignored on CPU)
-    # Stop cleanly (checkpoint, then the script saves its model) once this call has trained this many
-    # minutes; 0: no limit. For machines lent with a hard time limit: --resume continues the run, and
-    # the LR is constant after warmup, so a stop is not a different schedule.
-    max_minutes: float = 0.0
-
-    def validate(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or self.warmup_steps < 0:
-            raise ValueError(f"need steps >= 0, batch_size >= 1, warmup_steps >= 0; got {self}")
-        if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError(f"need lr > 0, weight_decay >= 0, grad_clip >= 0; got {self}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if self.max_minutes < 0:
-            raise ValueError(f"max_minutes must be >= 0 (0: no limit), got {self.max_minutes}")
-        if self.log_every < 1 or self.ckpt_every < 1:
-            raise ValueError("log_every and ckpt_every must be at least 1")
-
-
-def to_plain(value: Any) -> Any:
-    """JSON-safe plain types (what checkpoints and config files hold); inf/nan become strings."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        as_dict = value.to_dict() if hasattr(value, "to_dict") else dataclasses.asdict(value)
-        return to_plain(as_dict)
-    if isinstance(value, Mapping):
-        return {str(k): to_plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_plain(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    raise TypeError(f"{type(value).__name__} is not a plain config value: {value!r}")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -133,30 +73,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, py_state, py_gauss = state["python"]
     random.setstate((version, tuple(py_state), py_gauss))
-
-
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out |= _flatten(v, key + ".") if isinstance(v, Mapping) else {key: v}
-    return out
-
-
-def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """'key: checkpoint X, now Y' for every run-config entry that may not change on resume.
-
-    A key the checkpoint lacks is a config field added to the code since the run started; like
-    `Config.from_dict` reading an older config.json, its default is taken to keep the old
-    behaviour, so it does not block the resume. A key the code no longer has does.
-    """
-    a, b = _flatten(saved), _flatten(current)
-    missing = "(absent)"
-    return [
-        f"{k}: checkpoint {a[k]!r}, now {b.get(k, missing)!r}"
-        for k in sorted(a)
-        if k not in RESUMABLE_CHANGES and a[k] != b.get(k, missing)
-    ]
 
 
 # ----------------------------------------------------------------------------------- the trainer
@@ -242,10 +158,7 @@ class Trainer:
             betas=(0.9, 0.999),
             fused=True if self.device.type == "cuda" else None,
         )
-        warmup = cfg.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
-        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cfg.lr_multiplier)
         self.autocast_dtype = _autocast_dtype(cfg.precision, self.device)
 
         if self.is_main:

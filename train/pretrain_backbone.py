@@ -42,9 +42,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reptok.encoder import ENCODER_PRESETS, Encoder, EncoderConfig
 from train.cli import add_train_args, select_preset, train_config_from_args
-from train.common import TrainConfig, Trainer, to_plain
+from train.common import Trainer
 from train.data import build_dataset
 from train.knn import knn_accuracy
+from train.loop_config import TrainConfig, to_plain
 from train.ssl_methods import (
     ClipMethod,
     DaeMethod,

@@ -20,7 +20,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
 from reptok.encoder import EncoderConfig
-from train.common import TrainConfig
+from train.loop_config import TrainConfig
 from train.ssl_views import (
     Views,
     as_buffers,

@@ -44,8 +44,9 @@ from reptok.flow import TimeSampling, flow_loss
 from reptok.pipeline import RepTok, RepTokConfig
 from train.batches import seed_everything
 from train.cli import add_time_schedule_arg, add_train_args, stage_parser, train_config_from_args
-from train.common import LossFn, TrainConfig, Trainer, to_plain
+from train.common import LossFn, Trainer
 from train.data import build_dataset
+from train.loop_config import TrainConfig, to_plain
 from train.pretrain_backbone import load_encoder
 
 

@@ -38,8 +38,9 @@ from torch import Tensor, nn
 from reptok.metrics import identification, psnr, ssim
 from train.batches import seed_everything
 from train.cli import add_train_args, stage_parser, train_config_from_args
-from train.common import LossFn, TrainConfig, Trainer, to_plain
+from train.common import LossFn, Trainer
 from train.data import build_dataset
+from train.loop_config import TrainConfig, to_plain
 
 
 @dataclass
