@@ -222,6 +222,7 @@ def evaluate(
     metrics: dict[str, Any] = {"n": len(idx), "feature_space": space.name}
     metrics["decode_steps"] = steps or model.config.sampling.decode_steps
     metrics["decode_temperature"] = model.config.sampling.decode_temperature
+    metrics["decode_shift"] = model.config.sampling.decode_shift
     metrics["cfg_scale"] = model.config.sampling.cfg_scale
 
     recon_metrics, recon_t = reconstruction_metrics(
@@ -279,6 +280,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--label", choices=["category", "subcategory"], default="category")
     p.add_argument("--steps", type=int, help="decoder steps (default: the model's)")
     p.add_argument("--temperature", type=float, help="decoder noise scale τ (default: the model's)")
+    p.add_argument("--shift", type=float, help="decoder time-grid shift (default: the model's)")
     p.add_argument("--cfg-scale", type=float, help="guidance scale of the samples (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
@@ -296,6 +298,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     model = RepTok.from_pretrained(args.model)
     if args.temperature is not None:  # recorded in the metrics (decode_temperature)
         model.config.sampling = model.config.sampling.replace(decode_temperature=args.temperature)
+    if args.shift is not None:  # recorded in the metrics (decode_shift)
+        model.config.sampling = model.config.sampling.replace(decode_shift=args.shift)
     if args.cfg_scale is not None:  # recorded in the metrics (cfg_scale)
         model.config.sampling = model.config.sampling.replace(cfg_scale=args.cfg_scale)
     metrics = evaluate(

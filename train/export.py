@@ -221,6 +221,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--decode-temperature", type=float, help="default decoder noise scale τ shipped (decode_sweep.py)"
     )
     p.add_argument(
+        "--decode-shift", type=float, help="default decoder time-grid shift shipped (decode_sweep.py)"
+    )
+    p.add_argument(
         "--cfg-scale", type=float, help="default classifier-free guidance scale shipped (guidance_sweep.py)"
     )
     args = p.parse_args(argv)
@@ -243,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             "decode_steps": args.decode_steps,
             "decode_sampler": args.decode_sampler,
             "decode_temperature": args.decode_temperature,
+            "decode_shift": args.decode_shift,
             "cfg_scale": args.cfg_scale,
         }.items()
         if value is not None

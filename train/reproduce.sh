@@ -3,8 +3,8 @@
 #
 #   bash train/reproduce.sh cpu     2 CPU cores, JOBS=2. Not yet run end to end on this machine: its
 #                                   VAE (89 min) and DAE backbone (72 min) ran side by side, then the
-#                                   default model's chain (stage A 40 min + its continuation 86 min,
-#                                   class 7 min, text 12 min on both cores); with the ablation rows
+#                                   default model's chain (stage A 40 min + its continuation 131 min,
+#                                   class 17 min on one core, text 24 min on both); with the ablation rows
 #                                   that is well over the 2.5 h aim (VAE --steps 500 saves an hour)
 #   bash train/reproduce.sh gpu     one GPU: the gpu-* presets, the λ sweep and backbone runs side by side
 #   bash train/reproduce.sh test    tiny presets, seconds (tests/test_reproduce.py)
@@ -57,13 +57,15 @@ case $scale in
     # another job; the model card's tables); the default model a longer run (cpu-main).
     VAE=(--preset cpu) PRE=(--preset cpu-s) TOK=(--preset cpu-xs --steps 400) MAIN_TOK=(--preset cpu-main) GEN=(--preset cpu-xs)
     # The default model's stage A continues from its cpu-main run (--init: its adapted [cls] and
-    # decoder) for MAIN_TOK_MORE steps: the shipped one was trained in these two runs.
-    MAIN_TOK_MORE=(--preset cpu-main --steps 7200)
-    MAIN_GEN=(--preset cpu-xs --steps 4000)  # the default model's class generator: a longer run
+    # decoder) for MAIN_TOK_MORE steps, the last 3,000 with the LR decaying to 0 (the cooldown of a
+    # warmup-stable-decay schedule): the shipped one was trained in these two runs.
+    MAIN_TOK_MORE=(--preset cpu-main --steps 10200 --decay-steps 3000)
+    # The default model's generators: longer runs than the ablation rows', with the same cooldown.
+    MAIN_GEN=(--preset cpu-xs --steps 6000 --decay-steps 1500) MAIN_TEXT=(--preset cpu-xs --steps 3000 --decay-steps 1000)
     # Sampler defaults shipped in every freshly trained model: measured on the default model with
-    # train/decode_sweep.py (decoder steps, τ) and train/guidance_sweep.py (cfg scale): the model
+    # train/decode_sweep.py (decoder steps, τ, time-grid shift) and train/guidance_sweep.py (cfg scale): the model
     # card's sampler tables.
-    EVAL=() SHIP_STEPS=2 SHIP_TAU=0.7 SHIP_CFG=4
+    EVAL=() SHIP_STEPS=4 SHIP_TAU=0.3 SHIP_SHIFT=0.33 SHIP_CFG=4
     declare -A PRE_STEPS=([dino]=150 [mae]=800 [clip]=400 [dae]=2500 [random]=0)
     FEATURES_METHOD=clip
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((2 / JOBS > 0 ? 2 / JOBS : 1))}
@@ -71,15 +73,15 @@ case $scale in
   gpu)
     MAIN=dae
     VAE=(--preset gpu) PRE=(--preset gpu-s) TOK=(--preset gpu-b) MAIN_TOK=("${TOK[@]}") GEN=(--preset gpu-b) EVAL=() SHIP_STEPS=8
-    MAIN_TOK_MORE=() MAIN_GEN=("${GEN[@]}") SHIP_TAU=1 SHIP_CFG=1.5
+    MAIN_TOK_MORE=() MAIN_GEN=("${GEN[@]}") MAIN_TEXT=("${GEN[@]}") SHIP_TAU=1 SHIP_SHIFT=1 SHIP_CFG=1.5
     declare -A PRE_STEPS=([dino]=3000 [mae]=6000 [clip]=2500 [dae]=6000 [random]=0)
     FEATURES_METHOD=dino
     ;;
   test)
     MAIN=dae
     VAE=(--preset test) PRE=(--preset test) TOK=(--preset test) MAIN_TOK=(--preset test --steps 6) GEN=(--preset test)
-    MAIN_TOK_MORE=(--preset test --steps 2) MAIN_GEN=("${GEN[@]}")
-    EVAL=(--n 8) SHIP_STEPS=2 SHIP_TAU=0.7 SHIP_CFG=2.5
+    MAIN_TOK_MORE=(--preset test --steps 3 --decay-steps 2) MAIN_GEN=("${GEN[@]}") MAIN_TEXT=("${GEN[@]}")
+    EVAL=(--n 8) SHIP_STEPS=2 SHIP_TAU=0.7 SHIP_SHIFT=0.5 SHIP_CFG=2.5
     declare -A PRE_STEPS=([dino]=2 [mae]=2 [clip]=2 [dae]=2 [random]=0)
     FEATURES_METHOD=mae
     ;;
@@ -191,7 +193,7 @@ MAIN_RUN=$RUNS/main
 if (( OWN_MAIN && ${#MAIN_TOK_MORE[@]} )); then main_class_generator; finish; fi  # after its continuation
 text_generator() {
   run main-text "$MAIN_RUN/log.jsonl" \
-    env OMP_NUM_THREADS="$1" python train/train_generator.py "${GEN[@]}" --data "$DATA" \
+    env OMP_NUM_THREADS="$1" python train/train_generator.py "${MAIN_TEXT[@]}" --data "$DATA" \
     --tokenizer "$MAIN_GEN_RUN/model" --cond text --out "$MAIN_RUN" --resume "${EXTRA[@]}"
 }
 (( OWN_MAIN )) && text_generator "${OMP_NUM_THREADS:-1}"
@@ -217,7 +219,7 @@ done
 run export "$RUNS/export/manifold.npz" \
   python train/export.py "${EXPORT[@]}" --features "$RUNS/features" --data "$DATA" \
   --out "$RUNS/export" --decode-steps "$SHIP_STEPS" --decode-temperature "$SHIP_TAU" \
-  --cfg-scale "$SHIP_CFG"
+  --decode-shift "$SHIP_SHIFT" --cfg-scale "$SHIP_CFG"
 finish; stop_after export
 
 # 5. Evaluate what ships, on the held-out split: metrics.json next to each exported model's weights,
@@ -232,7 +234,8 @@ for model in "$RUNS"/export/models/*/; do
 done
 run "eval-seed1" "$SEED_TWIN/model/metrics.json" \
   python train/evaluate.py --model "$SEED_TWIN/model" --data "$DATA" --features "$RUNS/export/features" \
-  --label subcategory --steps "$SHIP_STEPS" --temperature "$SHIP_TAU" --cfg-scale "$SHIP_CFG" "${EVAL[@]}"  # as the exported rows
+  --label subcategory --steps "$SHIP_STEPS" --temperature "$SHIP_TAU" --shift "$SHIP_SHIFT" \
+  --cfg-scale "$SHIP_CFG" "${EVAL[@]}"  # as the exported rows
 finish
 python train/ablation_tables.py "$RUNS/export" --seed-twin "$SEED_TWIN/model/metrics.json"
 echo "done: bash train/reproduce.sh $scale -> $RUNS/export (copy it over assets/ to ship it)"
