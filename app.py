@@ -127,13 +127,13 @@ def build_demo(
             visible=official is not None
         )  # the official model's status line, filled in once the dropdowns exist
         with gr.Tab("Reconstruct", elem_id="tab-reconstruct"):
-            dropdowns = [tabs.reconstruct_tab(demo, app, examples)]
+            dropdowns = [(tabs.reconstruct_tab(demo, app, examples), "reconstruct")]
         with gr.Tab("Class sampling", elem_id="tab-class-sampling"):
-            dropdowns.append(tabs.class_sampling_tab(demo, app))
+            dropdowns.append((tabs.class_sampling_tab(demo, app), "class"))
         with gr.Tab("Text prompts", elem_id="tab-text-prompts"):
-            dropdowns.append(tabs.text_prompts_tab(demo, app))
+            dropdowns.append((tabs.text_prompts_tab(demo, app), "text"))
         with gr.Tab("Interpolation", elem_id="tab-interpolation"):
-            dropdowns.append(tabs.interpolation_tab(app, examples))
+            dropdowns.append((tabs.interpolation_tab(app, examples), "reconstruct"))
         with gr.Tab("Latent manifold", elem_id="tab-latent-manifold"):
             manifold_tab(demo, app, examples)
         with gr.Tab("Backbones", elem_id="tab-backbones"):

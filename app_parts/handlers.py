@@ -27,6 +27,7 @@ R = TypeVar("R")
 
 MAX_PROMPT_CHARS = 1000  # the text encoder keeps ~32 tokens anyway; this only bounds the work
 MAX_IMAGES = 16
+MAX_TEMPERATURE = 1.5  # decoder noise τ: past 1 the noise is wider than the flow was trained on
 Gallery = outputs.Gallery  # (path of a PNG, caption): handlers return files they wrote (see outputs.py)
 
 
@@ -68,6 +69,11 @@ def open_upload(path: str | None, min_size: Callable[[], int | None], what: str 
 
 def _steps(value: object) -> int:
     return imaging.clamp_int(value, "steps", 1, 100)
+
+
+def _temperature(value: object) -> float | None:
+    """τ from the slider; None (an API call without it) keeps the model's own default."""
+    return None if value is None else imaging.clamp_float(value, "τ", 0.0, MAX_TEMPERATURE)
 
 
 class Explorer:
@@ -140,19 +146,27 @@ class Explorer:
         model_label: str | None,
         steps: float,
         seed: float,
+        temperature: float | None = None,
         progress: gr.Progress = gr.Progress(track_tqdm=False),  # noqa: B008 (Gradio's idiom)
     ) -> tuple[str, str, str, str]:
         picture = open_upload(image, self.input_size(model_label))
         model = self.model(model_label)
         original = model.to_pil(model.preprocess(picture))[0]  # exactly what the encoder sees
         z, cos = model.encode_with_cosine(picture)  # (1, 1, D), (1,)
+        tau = _temperature(temperature)
         recon = model.decode(
-            z, steps=_steps(steps), seed=imaging.seed_value(seed), progress=_progress_fn(progress, "decoding")
+            z,
+            steps=_steps(steps),
+            seed=imaging.seed_value(seed),
+            temperature=tau,
+            progress=_progress_fn(progress, "decoding"),
         )[0]
         psnr, ssim = imaging.psnr_ssim(original, recon)
         cosine = float(cos[0])
+        used = model.config.sampling.decode_temperature if tau is None else tau
         summary = (
-            f"**PSNR** {psnr:.2f} dB · **SSIM** {ssim:.3f} · **cos(z, z_frozen)** {cosine:.3f}\n\n"
+            f"**PSNR** {psnr:.2f} dB · **SSIM** {ssim:.3f} · **cos(z, z_frozen)** {cosine:.3f} · "
+            f"decoded in {_steps(steps)} steps from noise scaled by τ = {used:g}\n\n"
             f"{imaging.token_size_text(model.token_dim, model.image_size)}"
         )
         if held_out := imaging.held_out_text(self.models.entry(model_label).metrics):
@@ -168,6 +182,7 @@ class Explorer:
         model_label: str | None,
         steps: float,
         seed: float,
+        temperature: float | None = None,
         progress: gr.Progress = gr.Progress(track_tqdm=False),  # noqa: B008
     ) -> Gallery:
         picture = open_upload(image, self.input_size(model_label))
@@ -178,6 +193,7 @@ class Explorer:
             4,
             seed=seed_,
             steps=_steps(steps),
+            temperature=_temperature(temperature),
             progress=_progress_fn(progress, "variations"),
         )
         return outputs.gallery(images, [f"seed {seed_ + i}" for i in range(len(images))])

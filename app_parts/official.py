@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import gradio as gr
 
-from app_parts.registry import ModelRegistry
+from app_parts.registry import Ability, ModelRegistry
 from reptok.download import OFFICIAL_NAME, DownloadError, default_official_dir, ensure_official
 
 log = logging.getLogger("reptok.app")
@@ -125,20 +125,25 @@ class OfficialFetch:
         return Snapshot(state=state, text=text, version=self.models.version)
 
 
-def refresh(fetch: OfficialFetch | None, models: ModelRegistry, seen: int, dropdowns: int) -> tuple[Any, ...]:
-    """One tick: (status text, timer, version seen, *dropdown updates). The dropdowns get the
-    registry's choices only when a model was added since the page last saw them (`seen`)."""
+def refresh(
+    fetch: OfficialFetch | None, models: ModelRegistry, seen: int, abilities: Sequence[Ability]
+) -> tuple[Any, ...]:
+    """One tick: (status text, timer, version seen, *dropdown updates). The dropdowns (one per entry
+    of `abilities`: what its tab asks of a model) get the registry's choices only when a model was
+    added since the page last saw them (`seen`)."""
     snap = fetch.snapshot() if fetch is not None else Snapshot("done", "", models.version)
     ended = snap.state in ("done", "failed")
     timer = gr.Timer(active=not ended)
     if snap.version == seen:
-        return (snap.text, timer, seen, *[gr.skip()] * dropdowns)
-    choices = models.choices()
-    return (snap.text, timer, snap.version, *[gr.Dropdown(choices=choices) for _ in range(dropdowns)])
+        return (snap.text, timer, seen, *[gr.skip()] * len(abilities))
+    return (snap.text, timer, snap.version, *[gr.Dropdown(choices=models.choices(can)) for can in abilities])
 
 
 def status_line(
-    demo: gr.Blocks, models: ModelRegistry, fetch: OfficialFetch | None, dropdowns: Sequence[gr.Dropdown]
+    demo: gr.Blocks,
+    models: ModelRegistry,
+    fetch: OfficialFetch | None,
+    dropdowns: Sequence[tuple[gr.Dropdown, Ability]],
 ) -> None:
     """The status line under the title, refreshed on page load and, while the fetch runs, every
     TICK_S seconds; both also give the model dropdowns the registry's new choices. Without a fetch:
@@ -150,9 +155,9 @@ def status_line(
     seen = gr.State(models.version)  # what this page's dropdowns were built with
     gr.on(
         [demo.load, timer.tick],
-        lambda seen_version: refresh(fetch, models, seen_version, len(dropdowns)),
+        lambda seen_version: refresh(fetch, models, seen_version, [can for _, can in dropdowns]),
         seen,
-        [status, timer, seen, *dropdowns],
+        [status, timer, seen, *(menu for menu, _ in dropdowns)],
         show_progress="hidden",
         api_visibility="private",
         queue=False,  # a status line must not wait behind someone's decode

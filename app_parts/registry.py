@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -28,6 +29,7 @@ DTYPE_ENV = "REPTOK_DTYPE"  # auto (default), float32 or bfloat16: the weights' 
 # emoji models (29 M) stay fp32: their matmuls are too small to gain, and their metrics are fp32's.
 BF16_MIN_PARAMETERS = 100_000_000
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+Ability = Literal["reconstruct", "class", "text"]  # what a tab asks of its models (ModelEntry.can)
 METHOD_ORDER = {method: i for i, method in enumerate(BACKBONE_METHODS)}  # the paper's table order
 
 
@@ -112,6 +114,14 @@ class ModelEntry:
     @property
     def is_main(self) -> bool:
         return bool(self.config.info.get("main"))
+
+    def can(self, ability: Ability) -> bool:
+        """Whether the model's folder holds what `ability` needs (from its config: no load)."""
+        if ability == "class":
+            return self.config.class_generator is not None
+        if ability == "text":
+            return self.config.text_generator is not None
+        return True
 
     def parameter_count(self) -> int:
         """From the safetensors headers, so the About tab needs no model loaded."""
@@ -219,13 +229,18 @@ class ModelRegistry:
     def labels(self) -> list[str]:
         return list(self.entries)
 
-    def choices(self) -> list[tuple[str, str]]:
-        """(shown, value) pairs for a dropdown."""
-        return [(e.display, e.key) for e in self.entries.values()]
+    def choices(self, can: Ability = "reconstruct") -> list[tuple[str, str]]:
+        """(shown, value) pairs for a dropdown: the models that can do `can` (every model
+        reconstructs; only those with that generator sample by class or by text)."""
+        return [(e.display, e.key) for e in self.entries.values() if e.can(can)]
 
     @property
     def default(self) -> str | None:
         return next(iter(self.entries), None)
+
+    def default_for(self, can: Ability) -> str | None:
+        """The default model where it can do `can`, else the first model that can."""
+        return next((e.key for e in self.entries.values() if e.can(can)), None)
 
     def entry(self, label: str | None) -> ModelEntry:
         if not self.entries:

@@ -13,9 +13,9 @@ from typing import Any
 import gradio as gr
 from gradio.data_classes import ImageData
 
-from app_parts.handlers import MAX_IMAGES, MAX_PROMPT_CHARS, Explorer
+from app_parts.handlers import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_TEMPERATURE, Explorer
 from app_parts.imaging import HELD_OUT_HELP
-from app_parts.registry import NO_MODEL_MESSAGE, ModelRegistry
+from app_parts.registry import NO_MODEL_MESSAGE, Ability, ModelRegistry
 
 PROMPT_EXAMPLES = ["red apple", "smiling face with sunglasses", "blue car", "red heart"]
 
@@ -55,32 +55,40 @@ def image_input(label: str) -> gr.Image:
     return image
 
 
-def model_dropdown(models: ModelRegistry) -> gr.Dropdown:
+def model_dropdown(models: ModelRegistry, can: Ability = "reconstruct") -> gr.Dropdown:
+    """The tab's model menu: the models that can do what the tab does (a tokenizer-only ablation
+    row is not offered for sampling), the default model first."""
     return gr.Dropdown(
-        models.choices(), value=models.default, label="Tokenizer", interactive=bool(len(models))
+        models.choices(can), value=models.default_for(can), label="Tokenizer", interactive=bool(len(models))
     )
 
 
-def decoder_steps(models: ModelRegistry) -> gr.Slider:
-    """The decoder's flow steps, starting at the default model's setting."""
-    steps = models.entry(None).config.sampling.decode_steps if len(models) else 25
+def decoder_steps(models: ModelRegistry, can: Ability = "reconstruct") -> gr.Slider:
+    """The decoder's flow steps, starting at the tab's default model's setting."""
+    steps = models.entry(models.default_for(can)).config.sampling.decode_steps if len(models) else 25
     return gr.Slider(1, 100, value=steps, step=1, label="Decoder steps")
 
 
-def defaults_follow_model(
-    model: gr.Dropdown, models: ModelRegistry, steps: gr.Slider, cfg: gr.Slider | None = None
-) -> None:
-    """Picking a model sets the decoder steps (emoji models 2, the official XL 50) and, on the sampling
-    tabs, the guidance scale to its own defaults, as a diffusers pipeline's defaults come with its
-    checkpoint; the sliders then override them."""
+def decoder_temperature(models: ModelRegistry) -> gr.Slider:
+    """τ, the scale of the decoder's starting noise: 0 gives the one most likely image the flow
+    reaches, 1 the model's full spread; starts at the default model's setting."""
+    tau = models.entry(None).config.sampling.decode_temperature if len(models) else 1.0
+    return gr.Slider(
+        0, MAX_TEMPERATURE, value=tau, step=0.05, label="Decoder noise τ (0: no variation, 1: full spread)"
+    )
 
-    def defaults(label: str) -> gr.Slider | tuple[gr.Slider, gr.Slider]:
+
+def defaults_follow_model(model: gr.Dropdown, models: ModelRegistry, sliders: dict[gr.Slider, str]) -> None:
+    """Picking a model sets each slider to that model's own default for its `SamplingConfig` field
+    (decoder steps: emoji models 4, the official XL 50; τ; the guidance scale), as a diffusers
+    pipeline's defaults come with its checkpoint; the sliders then override them."""
+    fields = list(sliders.values())
+
+    def defaults(label: str) -> list[gr.Slider]:
         sampling = models.entry(label).config.sampling
-        if cfg is None:
-            return gr.Slider(value=sampling.decode_steps)
-        return gr.Slider(value=sampling.decode_steps), gr.Slider(value=sampling.cfg_scale)
+        return [gr.Slider(value=getattr(sampling, name)) for name in fields]
 
-    model.change(defaults, model, [steps] if cfg is None else [steps, cfg], api_visibility="private")
+    model.change(defaults, model, list(sliders), api_visibility="private")
 
 
 def seed_box(label: str = "Seed") -> gr.Number:
@@ -100,9 +108,10 @@ def class_names(models: ModelRegistry, label: str | None) -> list[str]:
     return [*(config.class_groups or {}), *(config.class_names or [])]  # groups (categories) first
 
 
-def sampling_controls(models: ModelRegistry) -> list[Any]:
+def sampling_controls(models: ModelRegistry, can: Ability) -> list[Any]:
     """cfg, interval lo/hi, steps, seed, n: shared by the class and text tabs."""
-    sampling = models.entry(None).config.sampling if len(models) else None
+    label = models.default_for(can)
+    sampling = models.entry(label).config.sampling if label is not None else None
     lo, hi = sampling.cfg_interval if sampling else (0.3, 0.9)
     with gr.Row():
         cfg = gr.Slider(0, 10, value=sampling.cfg_scale if sampling else 1.5, step=0.1, label="CFG scale")
@@ -111,7 +120,7 @@ def sampling_controls(models: ModelRegistry) -> list[Any]:
         lo_s = gr.Slider(0, 1, value=lo, step=0.05, label="Guidance from t =")
         hi_s = gr.Slider(0, 1, value=hi, step=0.05, label="Guidance until t =")
     with gr.Row():
-        steps = decoder_steps(models)
+        steps = decoder_steps(models, can)
         seed = seed_box()
     return [cfg, lo_s, hi_s, steps, seed, n]
 
@@ -146,10 +155,11 @@ def reconstruct_tab(demo: gr.Blocks, app: Explorer, examples: list[str]) -> gr.D
             with gr.Accordion("Settings", open=False):
                 model = model_dropdown(models)
                 steps = decoder_steps(models)
+                tau = decoder_temperature(models)
                 seed = seed_box()
             button = gr.Button("Reconstruct", variant="primary")
             expected_time(demo, app.estimate_reconstruct, [model, steps])
-    defaults_follow_model(model, models, steps)
+    defaults_follow_model(model, models, {steps: "decode_steps", tau: "decode_temperature"})
     with gr.Row(elem_classes="pixel-out"):
         original = gr.Image(label="Original (model size)", format="png", interactive=False, height=256)
         recon = gr.Image(
@@ -162,10 +172,10 @@ def reconstruct_tab(demo: gr.Blocks, app: Explorer, examples: list[str]) -> gr.D
         heat = gr.Image(label="Absolute error", format="png", interactive=False, height=256)
     summary = gr.Markdown()
     gr.Markdown(HELD_OUT_HELP, elem_classes="help-text")  # the held-out line's terms
-    variations = gallery("Variations: the same token, 4 decoder seeds")
+    variations = gallery("Variations: the same token, 4 decoder seeds (how far apart: τ in Settings)")
     if examples:
         gr.Examples(examples, inputs=[image], label="Examples")
-    inputs = [image, model, steps, seed]
+    inputs = [image, model, steps, seed, tau]
     gr.on(
         [button.click, image.upload],
         app.reconstruct,
@@ -181,15 +191,15 @@ def class_sampling_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
     notice(models)
     with gr.Row():
         with gr.Column():
-            names = class_names(models, models.default)
+            names = class_names(models, models.default_for("class"))
             name = gr.Dropdown(names, value=names[0] if names else None, label="Class")
             with gr.Accordion("Settings", open=False):
-                controls = sampling_controls(models)
-            model = model_dropdown(models)
+                controls = sampling_controls(models, "class")
+            model = model_dropdown(models, "class")
             button = gr.Button("Sample", variant="primary")
             expected_time(demo, app.estimate_sample, [model, controls[3], controls[5]])  # steps, n
         samples = gallery("Samples")
-    defaults_follow_model(model, models, controls[3], cfg=controls[0])
+    defaults_follow_model(model, models, {controls[3]: "decode_steps", controls[0]: "cfg_scale"})
     model.change(
         lambda label: gr.Dropdown(choices=class_names(models, label), value=None),
         model,
@@ -207,12 +217,12 @@ def text_prompts_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
         with gr.Column():
             prompt = gr.Textbox(label="Prompt", placeholder="red apple", max_length=MAX_PROMPT_CHARS)
             with gr.Accordion("Settings", open=False):
-                model = model_dropdown(models)
-                controls = sampling_controls(models)
+                model = model_dropdown(models, "text")
+                controls = sampling_controls(models, "text")
             button = gr.Button("Sample", variant="primary")
             expected_time(demo, app.estimate_sample, [model, controls[3], controls[5]])  # steps, n
         samples = gallery("Samples")
-    defaults_follow_model(model, models, controls[3], cfg=controls[0])
+    defaults_follow_model(model, models, {controls[3]: "decode_steps", controls[0]: "cfg_scale"})
     gr.Examples([[p] for p in PROMPT_EXAMPLES], inputs=[prompt], label="Prompts")
     gr.on(
         [button.click, prompt.submit],
@@ -237,7 +247,7 @@ def interpolation_tab(app: Explorer, examples: list[str]) -> gr.Dropdown:
                 steps = decoder_steps(models)
                 seed = seed_box("Seed (one decoder noise for every frame)")
             button = gr.Button("Interpolate", variant="primary")
-    defaults_follow_model(model, models, steps)
+    defaults_follow_model(model, models, {steps: "decode_steps"})
     if len(examples) >= 2:
         pairs = [[a, b] for a, b in zip(examples[0::2], examples[1::2], strict=False)][:8]
         gr.Examples(pairs, inputs=[image_a, image_b], label="Example pairs")

@@ -153,6 +153,49 @@ def test_variations(client: Client, files: dict[str, Path]) -> None:
     assert [item["caption"] for item in gallery] == ["seed 5", "seed 6", "seed 7", "seed 8"]
 
 
+def test_decoder_temperature_sets_how_far_variations_spread(client: Client, files: dict[str, Path]) -> None:
+    """τ scales the decoder's starting noise: at 0 the four seeds decode one image, at 1 four."""
+
+    def variations(tau: float) -> set[bytes]:
+        gallery = client.predict(handle_file(files["rgb.png"]), "tiny", 2, 5, tau, api_name="/variations")
+        return {np.asarray(Image.open(_item_path(item))).tobytes() for item in gallery}
+
+    assert len(variations(0.0)) == 1
+    assert len(variations(1.0)) == 4
+    *_, summary = client.predict(handle_file(files["rgb.png"]), "tiny", 2, 0, 0.5, api_name="/reconstruct")
+    assert "decoded in 2 steps from noise scaled by τ = 0.5" in summary
+    *_, summary = client.predict(handle_file(files["rgb.png"]), "tiny", 2, 0, api_name="/reconstruct")
+    assert "τ = 1" in summary  # no τ given: the slider's start, the model's own default
+
+
+def test_sampling_menus_offer_only_models_that_can_sample(model_dir: Path, tmp_path: Path) -> None:
+    """A tokenizer-only model (an ablation row shipped without generators) reconstructs but is not
+    offered by the class and text tabs; a model with a class generator only is not offered for text."""
+    from app_parts.registry import ModelRegistry as Registry
+
+    def write(name: str, with_class: bool, with_text: bool) -> Path:
+        model = RepTok.from_config(tiny_config(with_text=with_text))
+        if not with_class:
+            model.class_generator, model.config.class_generator = None, None
+        model.config.info = {"name": name, "main": name == "tokenizer-only"}
+        return model.save_pretrained(tmp_path / name, dtype=torch.float32)
+
+    registry = Registry([write("tokenizer-only", False, False), write("class", True, False), model_dir])
+    assert registry.default == "tokenizer-only"
+    assert [key for _, key in registry.choices()] == ["tokenizer-only", "class", "tiny"]
+    assert [key for _, key in registry.choices("class")] == ["class", "tiny"]
+    assert [key for _, key in registry.choices("text")] == ["tiny"]
+    assert (registry.default_for("class"), registry.default_for("text")) == ("class", "tiny")
+    demo = build_demo(registry, manifold_path=tmp_path / "none.npz")
+    menus = [b for b in demo.blocks.values() if type(b).__name__ == "Dropdown" and b.label == "Tokenizer"]
+    assert [([key for _, key in m.choices], m.value) for m in menus] == [
+        (["tokenizer-only", "class", "tiny"], "tokenizer-only"),  # Reconstruct
+        (["class", "tiny"], "class"),  # Class sampling
+        (["tiny"], "tiny"),  # Text prompts
+        (["tokenizer-only", "class", "tiny"], "tokenizer-only"),  # Interpolation
+    ]
+
+
 def test_sample_class(client: Client) -> None:
     gallery = client.predict(CLASS_NAMES[1], "tiny", 1.5, 0.3, 0.9, 2, 0, 3, api_name="/sample_class")
     assert len(gallery) == 3

@@ -24,7 +24,7 @@ from reptok.download import OFFICIAL_NAME, DownloadError  # noqa: E402
 from reptok.pipeline import RepTok  # noqa: E402
 from tests.helpers import tiny_config  # noqa: E402
 
-DROPDOWNS = 4  # the model dropdowns build_demo hands to the status line
+DROPDOWNS = ["reconstruct", "class", "text", "reconstruct"]  # what each model menu of build_demo asks of a model
 GB = 10**9
 
 
@@ -87,10 +87,12 @@ def test_fetch_succeeds_and_the_model_joins_the_dropdowns(
     # A page built before the model arrived (version 0) gets it in every model dropdown, once.
     text, timer, seen, *dropdowns = refresh(fetch, embedded, 0, DROPDOWNS)
     assert seen == embedded.version == 1 and timer.active is False and "ready" in text
-    assert len(dropdowns) == DROPDOWNS
-    for dropdown in dropdowns:
-        assert [value for _, value in dropdown.choices] == ["embedded", OFFICIAL_NAME]
-    assert refresh(fetch, embedded, seen, DROPDOWNS)[3:] == (gr.skip(),) * DROPDOWNS
+    assert len(dropdowns) == len(DROPDOWNS)
+    both = ["embedded", OFFICIAL_NAME]
+    expected = {"reconstruct": both, "class": both, "text": []}  # neither model has a text generator
+    for dropdown, can in zip(dropdowns, DROPDOWNS, strict=True):
+        assert [value for _, value in dropdown.choices] == expected[can]
+    assert refresh(fetch, embedded, seen, DROPDOWNS)[3:] == (gr.skip(),) * len(DROPDOWNS)
     assert embedded.get(OFFICIAL_NAME).image_size == 32  # and it loads
 
 
@@ -109,7 +111,7 @@ def test_fetch_fails_and_the_app_keeps_serving(
     assert "keeps serving the embedded models" in text
     assert embedded.labels == ["embedded"] and embedded.version == 0
     text, timer, seen, *dropdowns = refresh(fetch, embedded, 0, DROPDOWNS)
-    assert timer.active is False and seen == 0 and dropdowns == [gr.skip()] * DROPDOWNS
+    assert timer.active is False and seen == 0 and dropdowns == [gr.skip()] * len(DROPDOWNS)
     assert _reconstructs(embedded, image)
 
 
@@ -152,7 +154,7 @@ def test_app_starts_and_serves_while_the_download_runs(
         assert len(timers) == 1 and timers[0].active  # the page asks for news while it runs
         assert _reconstructs(embedded, image)  # the embedded models serve meanwhile
         text, timer, _seen, *dropdowns = refresh(fetch, embedded, 0, DROPDOWNS)
-        assert timer.active is True and "downloading" in text and dropdowns == [gr.skip()] * DROPDOWNS
+        assert timer.active is True and "downloading" in text and dropdowns == [gr.skip()] * len(DROPDOWNS)
     finally:
         release.set()
     assert fetch.join(timeout=120) and fetch.state == "done"

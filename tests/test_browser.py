@@ -203,20 +203,22 @@ def test_official_model_status_and_dropdown(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_sampler_defaults_follow_the_chosen_model(tmp_path: Path) -> None:
-    """Each model brings its own default decoder steps and guidance scale: picking it in a tab's menu
-    sets the sliders."""
+    """Each model brings its own default decoder steps, decoder noise τ and guidance scale: picking it
+    in a tab's menu sets the sliders."""
     sync_api = pytest.importorskip("playwright.sync_api")
     from app import CSS, ModelRegistry, build_demo
     from reptok.pipeline import RepTok
     from tests.helpers import tiny_config
 
-    def write(name: str, steps: int, cfg: float) -> Path:
+    def write(name: str, steps: int, cfg: float, tau: float) -> Path:
         model = RepTok.from_config(tiny_config(with_text=False))
         model.config.info = {"name": name}
-        model.config.sampling = model.config.sampling.replace(decode_steps=steps, cfg_scale=cfg)
+        model.config.sampling = model.config.sampling.replace(
+            decode_steps=steps, cfg_scale=cfg, decode_temperature=tau
+        )
         return model.save_pretrained(tmp_path / name, dtype=torch.float32)
 
-    models = ModelRegistry([write("fast", 2, 2.5), write("slow", 37, 6.5)])
+    models = ModelRegistry([write("fast", 2, 2.5, 0.3), write("slow", 37, 6.5, 0.85)])
     demo = build_demo(models, manifold_path=tmp_path / "no.npz")
     port = _free_port()
     demo.queue().launch(
@@ -228,24 +230,27 @@ def test_sampler_defaults_follow_the_chosen_model(tmp_path: Path) -> None:
             try:
                 page = browser.new_page(viewport={"width": 1280, "height": 1000})  # type: ignore[attr-defined]
                 page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
-                # (tab, its element id, slider, the default model's value, the "slow" model's value)
-                for tab_name, tab_id, slider_label, default, slow in [
-                    ("Reconstruct", "tab-reconstruct", "Decoder steps", "2", "37"),
-                    ("Class sampling", "tab-class-sampling", "CFG scale", "2.5", "6.5"),
+                # (tab, its element id, [(slider, the default model's value, the "slow" model's value)])
+                tau = "Decoder noise τ (0: no variation, 1: full spread)"
+                for tab_name, tab_id, sliders in [
+                    ("Reconstruct", "tab-reconstruct", [("Decoder steps", "2", "37"), (tau, "0.3", "0.85")]),
+                    ("Class sampling", "tab-class-sampling", [("CFG scale", "2.5", "6.5")]),
                 ]:
                     page.get_by_role("tab", name=tab_name).click()
                     tab = page.locator(f"#{tab_id}")
                     tab.get_by_text("Settings").first.click()
-                    slider = tab.get_by_label(f"number input for {slider_label}")
-                    slider.wait_for(timeout=60_000)
-                    assert slider.input_value() == default
+                    for slider_label, default, _ in sliders:
+                        slider = tab.get_by_label(f"number input for {slider_label}")
+                        slider.wait_for(timeout=60_000)
+                        assert slider.input_value() == default
                     tab.get_by_label("Tokenizer").first.click()
                     page.get_by_role("option", name="slow").first.click()
-                    page.wait_for_function(
-                        f"() => [...document.querySelectorAll('#{tab_id} input[type=number]')]"
-                        f".some(e => e.value === '{slow}')",
-                        timeout=30_000,
-                    )
+                    for slider_label, _, slow in sliders:
+                        page.wait_for_function(
+                            f"() => document.querySelector('#{tab_id} input[aria-label=\"number input for "
+                            f"{slider_label}\"]').value === '{slow}'",
+                            timeout=30_000,
+                        )
             finally:
                 browser.close()  # type: ignore[attr-defined]
     finally:
