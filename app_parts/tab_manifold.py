@@ -208,7 +208,12 @@ class ManifoldView:
         return sorted(set(m.names)) if m is not None else []
 
     def _model_for(self, lam: str) -> tuple[str | None, str]:
-        """The label of λ's model (None: the default's) and a note when it is the default's."""
+        """The label of λ's model (None: the default's) and a note when it is the default's: the model
+        whose tokens the map holds at λ where it is here, else the first model with that λ."""
+        m = self.app.manifold()
+        owner = m.setting_models.get(lam) if m is not None else None
+        if owner is not None and owner in self.app.models.labels:
+            return owner, ""
         label = self.app.models.by_lambda(lam)
         if label is not None:
             return label, ""
@@ -267,7 +272,7 @@ class ManifoldView:
             captions.append(f"original{f' ({style})' if style else ''}")
         missing = []
         for lam, setting in m.settings.items():
-            label = self.app.models.by_lambda(lam)
+            label, _ = self._model_for(lam)
             model = self.app.model(label) if label is not None else None
             if model is None or model.token_dim != setting["tokens"].shape[1]:
                 missing.append(lam)

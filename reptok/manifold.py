@@ -94,6 +94,9 @@ class Manifold:
     # The same points in each shipped model's own latent space (model name -> (N, D)), for
     # nearest neighbours per backbone; λ settings alone cannot tell two backbones apart.
     model_tokens: dict[str, np.ndarray] = field(default_factory=dict)
+    # λ label -> the shipped model whose tokens the setting holds, so a point is decoded (and an
+    # upload placed) by that model: several models can share a λ (the default and its twin).
+    setting_models: dict[str, str] = field(default_factory=dict)
 
 
 def save_manifold(
@@ -103,9 +106,13 @@ def save_manifold(
     categories: list[str],
     settings: dict[str, dict[str, np.ndarray]],
     model_tokens: dict[str, np.ndarray] | None = None,
+    setting_models: dict[str, str] | None = None,
 ) -> Path:
     """Write a Manifold as a compressed .npz of plain arrays (tokens stored as float16)."""
     model_tokens = model_tokens or {}
+    setting_models = setting_models or {}
+    if unknown := set(setting_models) - set(settings):
+        raise ValueError(f"setting_models names λ settings that are not in the file: {sorted(unknown)}")
     n = len(names)
     if len(categories) != n:
         raise ValueError(f"{len(categories)} categories for {n} names")
@@ -115,6 +122,7 @@ def save_manifold(
         "categories": np.array(categories, dtype=np.str_),
         "settings": np.array(list(settings), dtype=np.str_),
         "models": np.array(list(model_tokens), dtype=np.str_),
+        "setting_models": np.array([setting_models.get(label, "") for label in settings], dtype=np.str_),
     }
     for label, entry in settings.items():
         if not _KEY.match(label):
@@ -151,4 +159,12 @@ def load_manifold(path: str | os.PathLike[str]) -> Manifold:
         }
         models = [str(s) for s in data["models"]] if "models" in data.files else []
         model_tokens = {name: data[f"model_tokens/{i}"] for i, name in enumerate(models)}
-    return Manifold(names=names, categories=categories, settings=settings, model_tokens=model_tokens)
+        owners = [str(s) for s in data["setting_models"]] if "setting_models" in data.files else []
+        setting_models = {label: owner for label, owner in zip(settings, owners, strict=False) if owner}
+    return Manifold(
+        names=names,
+        categories=categories,
+        settings=settings,
+        model_tokens=model_tokens,
+        setting_models=setting_models,
+    )

@@ -481,8 +481,21 @@ def test_manifold_roundtrip(tmp_path: Path) -> None:
     assert m.settings["inf"]["tokens"].dtype == np.float16
     assert list(m.model_tokens) == ["emoji · dino/λ=1"]
     assert np.allclose(m.model_tokens["emoji · dino/λ=1"], tokens[:, :4], atol=1e-2)
+    assert m.setting_models == {}
     with pytest.raises(ValueError, match="label"):
         save_manifold(tmp_path / "bad.npz", names=["a"], categories=["x"], settings={"../x": {}})
+    # Which model's tokens a setting holds: kept per λ; a λ with none stays out.
+    settings = {"0": {"xy": xy, "tokens": tokens}, "inf": {"xy": xy, "tokens": tokens}}
+    path = save_manifold(
+        tmp_path / "m2.npz", names=list("abcdefghij"), categories=["x"] * 10, settings=settings,
+        setting_models={"0": "emoji-lam0"},
+    )  # fmt: skip
+    assert load_manifold(path).setting_models == {"0": "emoji-lam0"}
+    with pytest.raises(ValueError, match="not in the file"):
+        save_manifold(
+            tmp_path / "bad.npz", names=list("abcdefghij"), categories=["x"] * 10, settings=settings,
+            setting_models={"1": "emoji"},
+        )  # fmt: skip
 
 
 @pytest.mark.slow
@@ -561,7 +574,9 @@ def test_reconstruct_shows_the_models_held_out_metrics(
 # ------------------------------------------------------------------------------- manifold across λ
 
 
-def _manifold(path: Path, lams: list[str], dim: int, n: int = 12) -> Path:
+def _manifold(
+    path: Path, lams: list[str], dim: int, n: int = 12, owners: dict[str, str] | None = None
+) -> Path:
     rng = np.random.default_rng(len(lams))
     tokens = rng.normal(size=(n, dim)).astype(np.float32)
     settings = {
@@ -569,7 +584,7 @@ def _manifold(path: Path, lams: list[str], dim: int, n: int = 12) -> Path:
         for i, lam in enumerate(lams)
     }
     names, cats = [f"emoji {i}" for i in range(n)], [CLASS_NAMES[i % 3] for i in range(n)]
-    return save_manifold(path, names=names, categories=cats, settings=settings)
+    return save_manifold(path, names=names, categories=cats, settings=settings, setting_models=owners)
 
 
 def _view(model_dir: Path, manifold: Path, images: Path | None = None) -> object:
@@ -642,6 +657,31 @@ def test_manifold_emoji_originals_and_click(model_dir: Path, tmp_path: Path) -> 
     gallery, text, dropdown = view.show_point("3 1700000000000")  # type: ignore[attr-defined]
     assert [caption for _, caption in gallery][-1] == "λ = 1" and dropdown["value"] == "emoji 3"
     assert view.show_point("junk") == (gr.skip(),) * 3  # type: ignore[attr-defined]
+
+
+def test_manifold_decodes_a_point_with_the_model_whose_tokens_it_holds(
+    model_dir: Path, files: dict[str, Path], tmp_path: Path
+) -> None:
+    """Two models share λ = 1 (the default and its same-budget twin, say): the map's λ = 1 tokens are
+    the twin's, so the twin decodes a clicked point and places an upload, not the first model."""
+    from app_parts.handlers import Explorer
+    from app_parts.tab_manifold import HeldOutImages, ManifoldView
+
+    twin = RepTok.from_pretrained(model_dir)
+    randomize_(twin.decoder, seed=3)
+    twin.config.info = {"name": "twin"}
+    twin.save_pretrained(tmp_path / "twin", dtype=torch.float32)
+    path = _manifold(tmp_path / "m.npz", ["1"], twin.token_dim, owners={"1": "twin"})
+    registry = ModelRegistry([model_dir, tmp_path / "twin"])
+    assert registry.by_lambda("1") == "tiny"  # the first model with that λ is not the tokens' model
+    view = ManifoldView(Explorer(registry, path), HeldOutImages(None))
+    gallery, _ = view.show_name("emoji 3")
+    token = torch.from_numpy(load_manifold(path).settings["1"]["tokens"][3:4].astype(np.float32))[:, None]
+    shown = np.asarray(Image.open(gallery[0][0]))
+    assert np.array_equal(shown, np.asarray(twin.decode(token, seed=0)[0]))
+    assert not np.array_equal(shown, np.asarray(RepTok.from_pretrained(model_dir).decode(token, seed=0)[0]))
+    _, note = view.plot(str(files["rgb.png"]))
+    assert "**λ = 1** (`twin`)" in note
 
 
 def test_manifold_click_is_wired(model_dir: Path, manifold_path: Path) -> None:

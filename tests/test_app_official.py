@@ -24,7 +24,12 @@ from reptok.download import OFFICIAL_NAME, DownloadError  # noqa: E402
 from reptok.pipeline import RepTok  # noqa: E402
 from tests.helpers import tiny_config  # noqa: E402
 
-DROPDOWNS = ["reconstruct", "class", "text", "reconstruct"]  # what each model menu of build_demo asks of a model
+DROPDOWNS = [
+    "reconstruct",
+    "class",
+    "text",
+    "reconstruct",
+]  # what each model menu of build_demo asks of a model
 GB = 10**9
 
 

@@ -124,6 +124,35 @@ def test_export_stores_a_shared_vae_once(tmp_path: Path) -> None:
         )
 
 
+def test_export_tokenizer_only_row_and_the_twin_on_the_map(chain: dict[str, Path]) -> None:
+    """A row shipped without its generators keeps the metrics measured with them and says so; at the
+    main model's λ the manifold holds its same-budget twin's tokens, and names the model they are of."""
+    out = chain["root"] / "assets-rows"
+    export.main([
+        "--model", f"emoji={chain['main']}", "--model", f"twin={chain['main']}", "--model", f"emoji-lam0={chain['zero']}",
+        "--tokenizer-only", "twin", "--data", str(chain["data"]), "--out", str(out), "--split", "all",
+        "--max-points", "20",
+    ])  # fmt: skip
+    main, twin = out / "models" / "emoji", out / "models" / "twin"
+    assert (main / "class_generator.safetensors").is_file() and not (
+        twin / "class_generator.safetensors"
+    ).exists()
+    assert (twin / "tokenizer.safetensors").read_bytes() == (main / "tokenizer.safetensors").read_bytes()
+    shipped = RepTok.from_pretrained(twin)  # strict keys: no generator expected, none stored
+    assert shipped.class_generator is None and shipped.config.class_generator is None
+    metrics = json.loads((twin / "metrics.json").read_text())
+    assert metrics["n"] == 4 and metrics["generators_not_shipped"] == ["class_generator"]
+    assert "generators_not_shipped" not in json.loads((main / "metrics.json").read_text())
+    m = load_manifold(out / "manifold.npz")
+    assert list(m.settings) == ["0", "0.5", "inf"]
+    assert m.setting_models == {"0": "emoji-lam0", "0.5": "twin"}  # inf: the frozen token, no model's
+    registry = ModelRegistry([main, twin])
+    assert [key for _, key in registry.choices("class")] == ["emoji"]
+    with pytest.raises(SystemExit):
+        export.main(["--model", f"x={chain['main']}", "--tokenizer-only", "y", "--data", str(chain["data"]),
+                     "--out", str(out)])  # fmt: skip
+
+
 def test_export_refuses_duplicate_names(chain: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         export.main(["--model", f"x={chain['main']}", "--model", f"x={chain['zero']}",

@@ -23,6 +23,7 @@ Every exported model's own held-out tokens go into the file too, for the Backbon
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import sys
@@ -81,15 +82,24 @@ def export_model(
     *,
     main: bool = False,
     vaes: dict[str, Path] | None = None,
+    tokenizer_only: bool = False,
 ) -> Exported:
     """Write one model in fp16 into models_dir/name; reference an already-written equal backbone
     (`backbones`) and VAE folder (`vaes`), both keyed by the content hash of their fp16 weights and
     filled in here. `sampling`: SamplingConfig fields to ship as the model's defaults (e.g. fewer
     decoder steps), for a model not yet evaluated: one whose folder has a metrics.json (a shipped
     model shipped again) keeps its own, since its metrics were measured with them.
-    `main`: the app's default model (info["main"])."""
+    `main`: the app's default model (info["main"]). `tokenizer_only`: ship the tokenizer without its
+    generators (an ablation row that the app only reconstructs with: assets/ stays under its size);
+    its metrics.json, measured with them, says which were left out ("generators_not_shipped")."""
     vaes = {} if vaes is None else vaes
     model = RepTok.from_pretrained(source)
+    dropped = [g for g in ("class_generator", "text_generator") if tokenizer_only and getattr(model, g)]
+    for generator in dropped:
+        setattr(model, generator, None)
+        setattr(model.config, generator, None)
+    if "text_generator" in dropped:
+        model.config.text_encoder = None
     evaluated = (source / "metrics.json").is_file()
     if sampling and evaluated:
         print(f"{name}: keeps its sampling defaults (its metrics.json was measured with them)")
@@ -118,7 +128,10 @@ def export_model(
     if vae_sha256 is not None:
         vaes.setdefault(vae_sha256, out / "vae")
     if evaluated:
-        shutil.copy2(source / "metrics.json", out / "metrics.json")
+        metrics = json.loads((source / "metrics.json").read_text())
+        if dropped:
+            metrics["generators_not_shipped"] = dropped
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return Exported(name, source, model, sha256, lambda_label(model.config.encoder.cosine_weight))
 
 
@@ -170,11 +183,14 @@ def build_manifold(
     categories = [class_names[int(item["label"])] if class_names else "" for item in items]
 
     model_tokens = {e.name: encode_all(e.model, images, batch_size) for e in tqdm(exported, desc="tokens")}
-    # λ settings: runs on the main backbone (a λ once), then the frozen token if no run is λ = inf.
+    # λ settings: runs on the main backbone (a λ once), then the frozen token if no run is λ = inf. At
+    # the main model's λ its same-budget twin, where one ships, stands in (as in the app's Backbones
+    # tab): the main model may have trained longer than the rows it is mapped beside.
     by_lambda: dict[str, np.ndarray] = {}
-    for e in exported:
+    owners: dict[str, str] = {}  # λ -> the shipped model whose tokens these are
+    for e in sorted(exported, key=lambda e: e is main):  # stable: the main model last
         if e.backbone_sha256 == main.backbone_sha256 and e.lam not in by_lambda:
-            by_lambda[e.lam] = model_tokens[e.name]
+            by_lambda[e.lam], owners[e.lam] = model_tokens[e.name], e.name
     for model in extra:
         lam = lambda_label(model.config.encoder.cosine_weight)
         if lam not in by_lambda:
@@ -187,7 +203,12 @@ def build_manifold(
         for lam in tqdm(order, desc="UMAP")
     }
     return save_manifold(
-        out, names=names, categories=categories, settings=settings, model_tokens=model_tokens
+        out,
+        names=names,
+        categories=categories,
+        settings=settings,
+        model_tokens=model_tokens,
+        setting_models={lam: owners[lam] for lam in order if lam in owners},
     )
 
 
@@ -196,6 +217,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--model", dest="models", action="append", type=_named, required=True, metavar="NAME=FOLDER",
         help="a trained model folder to ship, as NAME=FOLDER (repeat; the first is the main model)",
+    )  # fmt: skip
+    p.add_argument(
+        "--tokenizer-only", action="append", default=[], metavar="NAME",
+        help="ship this --model's tokenizer alone, without its generators (repeat)",
     )  # fmt: skip
     p.add_argument(
         "--manifold-only", action="append", type=Path, default=[], metavar="FOLDER",
@@ -230,6 +255,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     names = [name for name, _ in args.models]
     if len(set(names)) != len(names):
         p.error(f"model names must be unique, got {names}")
+    if unknown := sorted(set(args.tokenizer_only) - set(names)):
+        p.error(f"--tokenizer-only names no --model: {unknown}")
     return args
 
 
@@ -252,7 +279,16 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         if value is not None
     }
     exported = [
-        export_model(name, folder, models_dir, backbones, sampling, main=i == 0, vaes=vaes)
+        export_model(
+            name,
+            folder,
+            models_dir,
+            backbones,
+            sampling,
+            main=i == 0,
+            vaes=vaes,
+            tokenizer_only=name in args.tokenizer_only,
+        )
         for i, (name, folder) in enumerate(args.models)
     ]
     for e in exported:
