@@ -54,7 +54,11 @@ def test_evaluate_writes_named_metrics(setup: tuple[Path, Path, Path], tmp_path:
         assert key in metrics and math.isfinite(metrics[key]), key
     assert 0 <= metrics[f"class_probe_acc_{space}"] <= 1
     # the references: the same probe on the real images, the same retrieval for the reconstructions
-    for key in (f"class_probe_acc_real_{space}", f"recon_top5_same_code_{space}"):
+    for key in (
+        f"class_probe_acc_real_{space}",
+        f"class_probe_acc_recon_{space}",
+        f"recon_top5_same_code_{space}",
+    ):
         assert 0 <= metrics[key] <= 1, key
     assert metrics[f"text_retrieval_top1_{space}"] <= metrics[f"text_retrieval_top5_{space}"] <= 1
     assert metrics["cos_to_frozen"] == pytest.approx(1.0, abs=1e-4)  # an untrained token has not moved

@@ -19,7 +19,9 @@ Measured on the first --n held-out images (held-out emoji codes are unseen in ev
     rFD_<space>                Fréchet distance, reconstructions vs originals
     gFD_<space>                Fréchet distance, class samples (same label mix) vs the originals
     class_probe_acc_<space>    a k-NN probe on the train split names the class asked for; _real: the
-                               same probe on the real held-out images (the probe's own ceiling)
+                               same probe on the real held-out images (the probe's own ceiling);
+                               _recon: on their one-token reconstructions (what a class generator
+                               that drew each held-out image's own token would get, through this decoder)
     text_gFD_<space>, text_retrieval_top1/top5_<space>
                                text samples from held-out captions; retrieval: the sample's nearest
                                held-out image (in the same features) is the captioned emoji
@@ -140,8 +142,10 @@ def class_sample_metrics(
     seed: int,
     batch_size: int,
     cfg_scale: float | None = None,
+    recon: Tensor | None = None,
 ) -> dict[str, float]:
-    """gFD and the k-NN class probe of class samples drawn for the held-out label mix of `idx`."""
+    """gFD and the k-NN class probe of class samples drawn for the held-out label mix of `idx`; the
+    probe's two references: the real images and, where given, their reconstructions `recon`."""
     labels = [int(heldout[i]["label"]) for i in idx]
     samples = draw_samples(model, "labels", labels, steps=steps, seed=seed, batch_size=batch_size, cfg_scale=cfg_scale)  # fmt: skip
     train_images = _images(train, range(len(train)))  # (N, 3, S, S)
@@ -162,6 +166,7 @@ def class_sample_metrics(
         space.key("class_probe_acc"): probe(samples),
         # the same probe on the real held-out images: what a sampler that drew the data itself would get
         space.key("class_probe_acc_real"): probe(real),
+        **({space.key("class_probe_acc_recon"): probe(recon)} if recon is not None else {}),
     }
 
 
@@ -249,7 +254,7 @@ def evaluate(
     metrics["baseline_mean_image_ssim"] = float(ssim(mean_image, real).mean())
 
     if model.class_generator is not None and model.config.class_names == heldout.class_names:
-        metrics |= class_sample_metrics(model, heldout, train, idx, real, space, steps=steps, seed=seed, batch_size=batch_size)  # fmt: skip
+        metrics |= class_sample_metrics(model, heldout, train, idx, real, space, steps=steps, seed=seed, batch_size=batch_size, recon=recon_t)  # fmt: skip
     elif model.class_generator is not None:
         metrics["class_generator"] = f"skipped: its classes are not the data set's {label} labels"
     if model.text_generator is not None:
