@@ -87,6 +87,31 @@ def test_recipe_exports_every_ablation_row_evaluated(
     assert (runs / "export" / "features" / "backbone.safetensors").is_file()
 
 
+def test_recipe_ships_the_rows_as_tokenizers_with_their_metrics(
+    recipe: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    runs, _ = recipe
+    ship = runs / "ship"
+    models = sorted(p.name for p in (ship / "models").iterdir())
+    assert models == sorted(p.name for p in (runs / "export" / "models").iterdir())
+    for name in models:
+        folder = ship / "models" / name
+        metrics = json.loads((folder / "metrics.json").read_text())
+        evaluated = json.loads((runs / "export" / "models" / name / "metrics.json").read_text())
+        assert metrics["psnr"] == evaluated["psnr"]  # measured on the same fp16 tokenizer:
+        assert (folder / "tokenizer.safetensors").read_bytes() == (
+            runs / "export" / "models" / name / "tokenizer.safetensors"
+        ).read_bytes()
+        if name == "reptok-emoji":
+            assert (
+                folder / "class_generator.safetensors"
+            ).is_file() and "generators_not_shipped" not in metrics
+        else:  # a row: its tokenizer alone; its gFD was measured with the class generator left behind
+            assert not (folder / "class_generator.safetensors").exists()
+            assert metrics["generators_not_shipped"] == ["class_generator"] and "gFD" in " ".join(metrics)
+    assert (ship / "features" / "backbone.safetensors").is_file() and (ship / "manifold.npz").is_file()
+
+
 def test_recipe_prints_both_tables_and_skips_finished_steps(
     recipe: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:

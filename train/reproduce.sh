@@ -26,7 +26,8 @@
 #   tok-main-more                      (cpu) the default model's stage A continued from tok-main (--init)
 #                                      scale gives it a longer preset than the ablations (cpu); else the
 #                                      ablation run on the main backbone at the default λ is the default
-#   main                               the default model's text generator; export/ what ships
+#   main                               the default model's text generator; export/ every model
+#                                      with its generators, evaluated; ship/ what ships
 #   tok-<main>-lam<λ>-seed1            a second seed of the main backbone's default-λ row: the tables'
 #                                      noise band (evaluated, not shipped)
 #
@@ -207,17 +208,17 @@ finish
 if (( ! OWN_MAIN )); then text_generator "$((JOBS * ${OMP_NUM_THREADS:-1}))"; finish; fi
 stop_after generators
 
-# 4. Export: fp16 weights (each backbone once), the feature network, the manifold. The main model
-#    first (the app's default), then every ablation row (with its own run on the main backbone at the
-#    default λ, when the default model had a longer one).
+# 4. Export for evaluation: fp16 weights (each backbone once) with every generator, and the feature
+#    network. The main model first (the app's default), then every ablation row (with its own run on
+#    the main backbone at the default λ, when the default model had a longer one).
 EXPORT=(--model "reptok-emoji=$MAIN_RUN/model")
 for pair in "${PAIRS[@]}"; do
   b=${pair%%:*} lam=${pair##*:}
   [[ $OWN_MAIN == 0 && $b == "$MAIN" && $lam == "$DEFAULT_LAM" ]] && continue
   EXPORT+=(--model "$b-lam$lam=$(gen "$b" "$lam")/model")
 done
-run export "$RUNS/export/manifold.npz" \
-  python train/export.py "${EXPORT[@]}" --features "$RUNS/features" --data "$DATA" \
+run export "$RUNS/export/features/config.json" \
+  python train/export.py "${EXPORT[@]}" --features "$RUNS/features" --data "$DATA" --no-manifold \
   --out "$RUNS/export" --decode-steps "$SHIP_STEPS" --decode-temperature "$SHIP_TAU" \
   --decode-shift "$SHIP_SHIFT" --cfg-scale "$SHIP_CFG"
 finish; stop_after export
@@ -237,5 +238,17 @@ run "eval-seed1" "$SEED_TWIN/model/metrics.json" \
   --label subcategory --steps "$SHIP_STEPS" --temperature "$SHIP_TAU" --shift "$SHIP_SHIFT" \
   --cfg-scale "$SHIP_CFG" "${EVAL[@]}"  # as the exported rows
 finish
-python train/ablation_tables.py "$RUNS/export" --seed-twin "$SEED_TWIN/model/metrics.json"
-echo "done: bash train/reproduce.sh $scale -> $RUNS/export (copy it over assets/ to ship it)"
+
+# 6. What ships: the main model whole; every ablation row as its tokenizer alone (the app only
+#    reconstructs with them, and assets/ stays under 200 MB), with the metrics.json measured above
+#    with its class generator; the feature network; the manifold of the main backbone's λ settings.
+SHIP=(--model "reptok-emoji=$RUNS/export/models/reptok-emoji") ONLY=()
+for model in "$RUNS"/export/models/*/; do
+  name=$(basename "$model")
+  [[ $name == reptok-emoji ]] || SHIP+=(--model "$name=${model%/}") ONLY+=(--tokenizer-only "$name")
+done
+run ship "$RUNS/ship/manifold.npz" \
+  python train/export.py "${SHIP[@]}" "${ONLY[@]}" --features "$RUNS/features" --data "$DATA" --out "$RUNS/ship"
+finish
+python train/ablation_tables.py "$RUNS/ship" --seed-twin "$SEED_TWIN/model/metrics.json"
+echo "done: bash train/reproduce.sh $scale -> $RUNS/ship (copy it over assets/ to ship it)"
