@@ -50,7 +50,9 @@ CSS = """
 def _about(models: ModelRegistry) -> str:
     parts = ["## Loaded tokenizers\n"]
     if len(models):
-        parts.append("| name | backbone | λ | parameters | image size | folder |\n|---|---|---|---|---|---|")
+        parts.append(
+            "| name | backbone | λ | samples by | parameters | image size | folder |\n|---|---|---|---|---|---|---|"
+        )
         for e in models.entries.values():
             size = e.config.decoder.input_size
             space = (
@@ -58,8 +60,10 @@ def _about(models: ModelRegistry) -> str:
                 if e.config.image_space.kind == "pixel"
                 else f"{size}×{size} latent (VAE)"
             )
+            samples = ", ".join(can for can in ("class", "text") if e.can(can)) or "– (tokenizer only)"
             parts.append(
-                f"| {e.key} | `{e.backbone}` | {e.lam} | {e.parameter_count() / 1e6:.2f} M | {space} | `{e.path.name}` |"
+                f"| {e.key} | `{e.backbone}` | {e.lam} | {samples} | {e.parameter_count() / 1e6:.2f} M | {space} "
+                f"| `{e.path.name}` |"
             )
     else:
         parts.append(NO_MODEL_MESSAGE)

@@ -509,6 +509,7 @@ def test_about_describes_the_loaded_models(model_dir: Path) -> None:
 
     text = _about(ModelRegistry([model_dir]))
     assert "| tiny |" in text and "32×32 pixels" in text and "VAE" not in text.split("## Your own models")[0]
+    assert "| class, text |" in text  # what the sampling tabs offer it for
 
 
 # ------------------------------------------------------------------------------- held-out metrics line

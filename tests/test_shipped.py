@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,10 +78,17 @@ def test_model_card_tables_are_the_shipped_metrics() -> None:
 
 def test_manifold_matches_the_shipped_models() -> None:
     m = load_manifold(ROOT / "assets" / "manifold.npz")
-    # The λ settings of the default model's backbone: its own λ and the frozen token (λ = ∞). This
-    # release's DAE-style default has no trained λ sweep yet (MODEL_CARD.md), so two settings.
+    # The λ sweep on the default model's backbone, each λ's tokens those of a shipped same-budget row
+    # (at the default's λ its twin), which the app decodes a clicked point with.
     main = RepTok.from_pretrained(ASSET_MODELS / "reptok-emoji")
-    assert lambda_label(main.config.encoder.cosine_weight) in m.settings and "inf" in m.settings
+    assert list(m.settings) == ["0", "0.1", "1", "inf"]
+    assert lambda_label(main.config.encoder.cosine_weight) == "0.1"
+    assert m.setting_models == {lam: f"dae-lam{lam}" for lam in m.settings}
+    for lam, owner in m.setting_models.items():
+        config = RepTok.from_pretrained(ASSET_MODELS / owner).config
+        assert config.backbone_sha256 == main.config.backbone_sha256
+        assert lambda_label(config.encoder.cosine_weight) == lam
+        assert np.array_equal(m.settings[lam]["tokens"], m.model_tokens[owner])
     for name, tokens in m.model_tokens.items():
         assert (ASSET_MODELS / name / "config.json").is_file(), name
         assert tokens.shape[0] == len(m.names)
