@@ -7,17 +7,20 @@ settings, seed 0): far enough for float noise across machines, close enough to c
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from app_parts.registry import ASSET_MODELS
 from reptok.images import load_image
 from reptok.manifold import lambda_label, load_manifold
 from reptok.metrics import psnr, ssim
 from reptok.pipeline import RepTok
+from reptok.storage import backbone_state, state_sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "assets" / "examples").glob("*.png"))
@@ -29,13 +32,15 @@ MAX_ASSETS_BYTES = 200 * 10**6  # "200 MB", read the strict way (200 MiB would a
 FLOORS: dict[str, tuple[float, float]] = {
     # measured 16.08 dB / 0.593 (DAE-style, VAE latent, 11,310 stage-A steps; 4 Euler steps, τ 0.3, shift 0.33)
     "reptok-emoji": (15.65, 0.57),
-    "clip-lam1": (10.5, 0.14),  # measured 10.92 dB / 0.164 (8 Euler steps, as every pixel-space row)
-    "clip-lam0": (10.6, 0.16),  # measured 11.01 dB / 0.179
-    "clip-lam0.1": (10.6, 0.15),  # measured 11.05 dB / 0.168
-    "clip-laminf": (10.7, 0.15),  # measured 11.06 dB / 0.174
-    "dino-lam1": (10.3, 0.15),  # measured 10.70 dB / 0.168
-    "mae-lam1": (10.1, 0.13),  # measured 10.45 dB / 0.153
-    "random-lam1": (10.3, 0.14),  # measured 10.72 dB / 0.164
+    # The ablation rows: 400 stage-A steps each in the same VAE latent, tokenizers only; the same sampler.
+    "dae-lam0": (14.25, 0.45),  # measured 14.68 dB / 0.474
+    "dae-lam0.1": (13.85, 0.43),  # measured 14.28 dB / 0.459 (the default's same-budget twin)
+    "dae-lam1": (14.1, 0.45),  # measured 14.50 dB / 0.470
+    "dae-laminf": (14.1, 0.45),  # measured 14.53 dB / 0.471
+    "random-lam0.1": (12.35, 0.34),  # measured 12.79 dB / 0.361
+    "clip-lam0.1": (11.8, 0.32),  # measured 12.24 dB / 0.340
+    "mae-lam0.1": (11.3, 0.33),  # measured 11.71 dB / 0.350
+    "dino-lam0.1": (12.4, 0.33),  # measured 12.84 dB / 0.355
 }
 
 
@@ -49,8 +54,13 @@ def test_assets_ship_models_examples_and_a_manifold() -> None:
 
 def test_every_backbone_file_is_stored_once() -> None:
     stored = [p for p in ASSET_MODELS.rglob("backbone.safetensors")]
-    digests = [RepTok.from_pretrained(p.parent).backbone_sha256() for p in stored]
+    digests = [state_sha256(backbone_state(load_file(p))) for p in stored]
     assert len(set(digests)) == len(digests), "the same backbone is stored twice"
+    # Every model's backbone reference resolves to one of them (a row may use a file another folder
+    # holds: session 5's backbone files stay at the paths git first stored them under).
+    for folder in MODELS:
+        config = json.loads((folder / "config.json").read_text())
+        assert (folder / config["backbone_file"]).resolve() in {p.resolve() for p in stored}, folder.name
 
 
 @pytest.mark.parametrize("folder", MODELS, ids=lambda p: p.name)
