@@ -153,10 +153,10 @@ class Explorer:
         model = self.model(model_label)
         original = model.to_pil(model.preprocess(picture))[0]  # exactly what the encoder sees
         z, cos = model.encode_with_cosine(picture)  # (1, 1, D), (1,)
-        tau = _temperature(temperature)
+        n_steps, tau = _steps(steps), _temperature(temperature)
         recon = model.decode(
             z,
-            steps=_steps(steps),
+            steps=n_steps,
             seed=imaging.seed_value(seed),
             temperature=tau,
             progress=_progress_fn(progress, "decoding"),
@@ -166,7 +166,7 @@ class Explorer:
         used = model.config.sampling.decode_temperature if tau is None else tau
         summary = (
             f"**PSNR** {psnr:.2f} dB · **SSIM** {ssim:.3f} · **cos(z, z_frozen)** {cosine:.3f} · "
-            f"decoded in {_steps(steps)} steps from noise scaled by τ = {used:g}\n\n"
+            f"decoded in {n_steps} steps from noise scaled by τ = {used:g}\n\n"
             f"{imaging.token_size_text(model.token_dim, model.image_size)}"
         )
         if held_out := imaging.held_out_text(self.models.entry(model_label).metrics):

@@ -94,7 +94,9 @@ def export_model(
     its metrics.json, measured with them, says which were left out ("generators_not_shipped")."""
     vaes = {} if vaes is None else vaes
     model = RepTok.from_pretrained(source)
-    dropped = [g for g in ("class_generator", "text_generator") if tokenizer_only and getattr(model, g)]
+    dropped = [
+        g for g in ("class_generator", "text_generator") if tokenizer_only and getattr(model, g) is not None
+    ]
     for generator in dropped:
         setattr(model, generator, None)
         setattr(model.config, generator, None)
