@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from reptok.config import Config
@@ -79,3 +80,11 @@ class FrozenTextEncoder(nn.Module):
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
         ).last_hidden_state
         return hidden.float(), batch["attention_mask"].bool()  # (B, L, Dt), (B, L)
+
+
+def sentence_embedding(hidden: Tensor, mask: Tensor) -> Tensor:
+    """Mean of the hidden states over the real tokens, L2-normalised: sentence-transformers' pooling,
+    the sentence embedding MiniLM was trained to give. (B, L, Dt), (B, L) -> (B, Dt)."""
+    weights = mask[..., None].to(hidden.dtype)  # (B, L, 1)
+    pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)  # (B, Dt)
+    return F.normalize(pooled, dim=-1)

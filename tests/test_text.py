@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from reptok.text import FrozenTextEncoder, TextEncoderConfig, minilm_path
+from reptok.text import FrozenTextEncoder, TextEncoderConfig, minilm_path, sentence_embedding
 
 
 @pytest.fixture(scope="module")
@@ -25,12 +25,19 @@ def test_minilm_offline_hidden_states_and_mask(minilm: FrozenTextEncoder) -> Non
 
 
 def test_minilm_embeddings_carry_meaning(minilm: FrozenTextEncoder) -> None:
-    hidden, mask = minilm(["red apple", "green apple", "police car"])
-    pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)  # (3, 384) mean over real tokens
-    pooled = torch.nn.functional.normalize(pooled, dim=-1)
+    pooled = sentence_embedding(*minilm(["red apple", "green apple", "police car"]))  # (3, 384)
     apples = float(pooled[0] @ pooled[1])
     apple_car = float(pooled[0] @ pooled[2])
     assert apples > apple_car + 0.1, (apples, apple_car)
+
+
+def test_sentence_embedding_is_sentence_transformers(minilm: FrozenTextEncoder) -> None:
+    """The pooled prompt the text generator reads is the embedding MiniLM's own library gives."""
+    from sentence_transformers import SentenceTransformer
+
+    prompts = ["red apple", "smiling face with sunglasses, sunglasses", "a cat"]
+    reference = SentenceTransformer(str(minilm_path()), device="cpu").encode(prompts, convert_to_tensor=True)
+    torch.testing.assert_close(sentence_embedding(*minilm(prompts)), reference.float(), atol=1e-5, rtol=1e-4)
 
 
 def test_long_and_empty_prompts(minilm: FrozenTextEncoder) -> None:

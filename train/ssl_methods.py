@@ -395,14 +395,12 @@ def caption_vectors(captions: Sequence[str], cache: Path, batch_size: int = 256)
         with np.load(cache, allow_pickle=False) as npz:
             if npz["captions"].tolist() == unique:
                 return unique, torch.from_numpy(npz["vectors"])
-    from reptok.text import FrozenTextEncoder, TextEncoderConfig
+    from reptok.text import FrozenTextEncoder, TextEncoderConfig, sentence_embedding
 
     encoder = FrozenTextEncoder(TextEncoderConfig())
     chunks = []
     for start in range(0, len(unique), batch_size):
-        hidden, mask = encoder(unique[start : start + batch_size])  # (b, L, Dt), (b, L)
-        weights = mask.unsqueeze(-1).float()
-        chunks.append(F.normalize((hidden * weights).sum(1) / weights.sum(1), dim=-1))  # (b, Dt)
+        chunks.append(sentence_embedding(*encoder(unique[start : start + batch_size])))  # (b, Dt)
     vectors = torch.cat(chunks)
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(cache.name + ".tmp.npz")
