@@ -59,7 +59,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         )
     print(f"text:         {cfg.text_encoder.name if cfg.text_generator and cfg.text_encoder else 'none'}")
     s = cfg.sampling
-    print(f"sampling:     decoder {s.decode_sampler} × {s.decode_steps} (τ {s.decode_temperature}), generator {s.generate_sampler} × {s.generate_steps}, "
+    print(f"sampling:     decoder {s.decode_sampler} × {s.decode_steps} (τ {s.decode_temperature}), generator {s.generate_sampler} × {s.generate_steps} (T {s.generate_temperature}), "
           f"cfg {s.cfg_scale} in {list(s.cfg_interval)}")  # fmt: skip
     return 0
 
@@ -151,6 +151,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     kwargs = {
         "cfg_scale": args.cfg_scale,
         "steps": args.steps,
+        "temperature": args.temperature,
         "decode_steps": args.decode_steps,
         "seed": args.seed,
     }
@@ -277,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cfg-interval", type=float, nargs=2, metavar=("LO", "HI"), help="guide only for t in [LO, HI]"
     )
     p.add_argument("--steps", type=int, help="generator steps")
+    p.add_argument("--temperature", type=float, help="generator noise scale T (default: the model's)")
     p.add_argument("--decode-steps", type=int, help="decoder steps")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample)

@@ -31,6 +31,11 @@ class SamplingConfig(Config):
     # detail (train/decode_sweep.py measures it; the shipped model's choice is in its model card).
     decode_temperature: float = 1.0
     generate_steps: int = 50  # generator flow steps (cheap: one token)
+    # T, the scale of the generator's starting noise (Glow's sampling temperature; BigGAN's truncation
+    # trick does the same for a GAN). T < 1 draws tokens nearer the modes of their class or prompt:
+    # more typical samples, less spread (train/guidance_sweep.py measures both; the shipped model's
+    # choice is in its model card).
+    generate_temperature: float = 1.0
     generate_sampler: Sampler = "euler"
     cfg_scale: float = 1.5
     cfg_interval: tuple[float, float] = (0.3, 0.9)

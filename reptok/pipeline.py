@@ -315,10 +315,12 @@ class RepTok:
         cfg_interval: tuple[float, float] | None = None,
         steps: int | None = None,
         sampler: Sampler | None = None,
+        temperature: float | None = None,
         seed: int = 0,
         progress: ProgressFn | None = None,
     ) -> Tensor:
-        """Generate tokens (B, 1, D), one per label or prompt."""
+        """Generate tokens (B, 1, D), one per label or prompt, from noise scaled by `temperature`
+        (default: the config's `generate_temperature`)."""
         if (labels is None) == (prompts is None):
             raise ValueError("pass exactly one of labels= or prompts=")
         s = self.config.sampling
@@ -353,7 +355,8 @@ class RepTok:
                 return gen(x.repeat(2, 1, 1), t.repeat(2), text2, mask2, uncond=drop2).chunk(2)
 
         b = len(labels if labels is not None else prompts)
-        noise = seeded_noise((b, 1, self.token_dim), seed, device=self.device)
+        temp = s.generate_temperature if temperature is None else float(temperature)
+        noise = seeded_noise((b, 1, self.token_dim), seed, device=self.device) * temp  # (B, 1, D)
         velocity = guided(cond_fn, uncond_fn, cfg_scale=scale, interval=interval, joint_fn=joint_fn)
         with self._autocast():
             z = integrate(
@@ -374,16 +377,18 @@ class RepTok:
         cfg_interval: tuple[float, float] | None = None,
         steps: int | None = None,
         sampler: Sampler | None = None,
+        temperature: float | None = None,
         seed: int = 0,
         decode_steps: int | None = None,
         decode_sampler: Sampler | None = None,
         output_type: OutputType = "pil",
         progress: ProgressFn | None = None,
     ) -> list[Image.Image] | Tensor:
-        """Sample images by class (`labels`, names or ids) or by text (`prompts`), one per entry."""
+        """Sample images by class (`labels`, names or ids) or by text (`prompts`), one per entry;
+        `temperature` scales the generator's noise (the decoder's is the config's)."""
         z = self.sample_tokens(
             labels=labels, prompts=prompts, cfg_scale=cfg_scale, cfg_interval=cfg_interval,
-            steps=steps, sampler=sampler, seed=seed,
+            steps=steps, sampler=sampler, temperature=temperature, seed=seed,
         )  # fmt: skip
         return self.decode(
             z,

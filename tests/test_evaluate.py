@@ -97,25 +97,28 @@ def test_decode_sweep_rows_match_evaluate_at_the_same_setting(
 def test_guidance_sweep_rows_match_evaluate_at_the_model_scale(
     setup: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
-    """train/guidance_sweep.py: one row per (condition, scale); at the model's own cfg_scale it is
-    evaluate.py's class and text sample metrics, and the scale reaches the sampler."""
+    """train/guidance_sweep.py: one row per (condition, temperature, scale); at the model's own
+    cfg_scale and T = 1 it is evaluate.py's class and text sample metrics, and both the scale and the
+    temperature reach the sampler."""
     from train import guidance_sweep
 
     data, features, model = setup
     scale = RepTok.from_pretrained(model).config.sampling.cfg_scale
     rows = guidance_sweep.main(["--model", str(model), "--data", str(data), "--features", str(features),
                                 "--n", "6", "--steps", "2", "--cfg-scale", str(scale), "4",
-                                "--out", str(tmp_path / "sweep.json")])  # fmt: skip
-    assert [(r["cond"], r["cfg_scale"]) for r in rows] == [
-        ("class", scale),
-        ("class", 4.0),
-        ("text", scale),
-        ("text", 4.0),
+                                "--temperature", "1", "0.5", "--out", str(tmp_path / "sweep.json")])  # fmt: skip
+    assert [(r["cond"], r["temperature"], r["cfg_scale"]) for r in rows] == [
+        (cond, temperature, cfg)
+        for cond in ("class", "text")
+        for temperature in (1.0, 0.5)
+        for cfg in (scale, 4.0)
     ]
     assert json.loads((tmp_path / "sweep.json").read_text())["rows"] == rows
     ref = evaluate.main(["--model", str(model), "--data", str(data), "--features", str(features),
                          "--n", "6", "--steps", "2", "--out", str(tmp_path / "m.json")])  # fmt: skip
     space = ref["feature_space"]
+    assert rows[0][f"gFD_{space}"] != rows[2][f"gFD_{space}"]  # T = 0.5 against T = 1 at the same scale
+    rows = [r for r in rows if r["temperature"] == 1.0]
     for key in (f"gFD_{space}", f"class_probe_acc_{space}"):
         assert rows[0][key] == pytest.approx(ref[key], abs=1e-4), key
     for key in (f"text_gFD_{space}", f"text_retrieval_top5_{space}"):

@@ -117,6 +117,28 @@ def test_same_seed_same_output_different_seed_different(tiny_model: RepTok) -> N
     assert not torch.equal(s1, tiny_model.sample(labels=[0, 1], seed=6, output_type="pt"))
 
 
+def test_generate_temperature_scales_the_generators_noise(tiny_model: RepTok, tmp_path: Path) -> None:
+    """T scales the generator's starting noise only: T = 0 draws one token per class whatever the
+    seed, and the config's default applies when none is passed (and survives a save/load)."""
+    base = tiny_model.sample_tokens(labels=[0, 0], seed=3)
+    assert not torch.equal(base[0], base[1])
+    zero = tiny_model.sample_tokens(labels=[0, 0], seed=3, temperature=0.0)
+    torch.testing.assert_close(zero[0], zero[1])
+    assert not torch.allclose(tiny_model.sample_tokens(labels=[0], seed=3, temperature=0.5), base[:1])
+    tiny_model.config.sampling = tiny_model.config.sampling.replace(generate_temperature=0.0)
+    try:
+        torch.testing.assert_close(tiny_model.sample_tokens(labels=[0, 0], seed=3), zero)
+        tiny_model.save_pretrained(tmp_path / "m")
+    finally:
+        tiny_model.config.sampling = tiny_model.config.sampling.replace(generate_temperature=1.0)
+    assert RepTok.from_pretrained(tmp_path / "m").config.sampling.generate_temperature == 0.0
+    # sample() passes it on: T = 0 and one seed's decoder noise give equal images for equal labels
+    images = tiny_model.sample(labels=[1], temperature=0.0, seed=4, output_type="pt")
+    torch.testing.assert_close(
+        images, tiny_model.sample(labels=[1], temperature=0.0, seed=4, output_type="pt")
+    )
+
+
 def test_decode_temperature_scales_the_starting_noise(tiny_model: RepTok, tmp_path: Path) -> None:
     z = tiny_model.encode(_image((10, 200, 10)))
     c, n = tiny_model.config.decoder.in_channels, tiny_model.config.decoder.input_size

@@ -253,6 +253,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--cfg-scale", type=float, help="default classifier-free guidance scale shipped (guidance_sweep.py)"
     )
+    p.add_argument(
+        "--generate-temperature", type=float,
+        help="default generator noise scale T shipped (guidance_sweep.py --temperature)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     names = [name for name, _ in args.models]
     if len(set(names)) != len(names):
@@ -277,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             "decode_temperature": args.decode_temperature,
             "decode_shift": args.decode_shift,
             "cfg_scale": args.cfg_scale,
+            "generate_temperature": args.generate_temperature,
         }.items()
         if value is not None
     }

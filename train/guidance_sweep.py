@@ -1,20 +1,23 @@
-"""Class and text samples of one model across classifier-free guidance scales, on the held-out split.
+"""Class and text samples of one model across classifier-free guidance scales and generator
+temperatures, on the held-out split.
 
     python train/guidance_sweep.py --model assets/models/reptok-emoji --data data/emoji64.npz \
-        --features assets/features --label subcategory --cfg-scale 1 1.5 3 5
+        --features assets/features --label subcategory --cfg-scale 1 1.5 3 5 --temperature 1 0.7
 
 Each scale draws the same samples from the same seeds that train/evaluate.py draws (the held-out
 label mix for classes, the held-out captions for text) and scores them with its definitions:
 gFD and the k-NN class probe for class samples, text gFD and retrieval top-1/top-5 for text
 samples, in the --features space (Fréchet distances in in-house features, not FID). Guidance
-trades diversity for fidelity to the condition: the probe and retrieval rise with the scale,
-and the gFD says what that costs in spread. This is how the shipped default cfg_scale is
-chosen: see MODEL_CARD.md. The table goes to stdout and, with --out, the JSON beside it.
+and a temperature T < 1 on the generator's noise (SamplingConfig.generate_temperature) both
+trade diversity for fidelity to the condition: the probe and retrieval rise, and the gFD says
+what that costs in spread. This is how the shipped default cfg_scale and generate_temperature
+are chosen: see MODEL_CARD.md. The table goes to stdout and, with --out, the JSON beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -38,16 +41,19 @@ def sweep(
     space: FeatureSpace,
     scales: Sequence[float],
     *,
+    temperatures: Sequence[float] = (1.0,),
     conds: Sequence[str] = ("class", "text"),
     steps: int | None = None,
     seed: int = 0,
     batch_size: int = 64,
 ) -> list[dict[str, Any]]:
-    """One row per (condition, scale): the metrics train/evaluate.py reports for those samples."""
+    """One row per (condition, temperature, scale): the metrics train/evaluate.py reports for those
+    samples, drawn at that generator temperature (the model's sampling config is left as it was)."""
     idx = list(range(min(n, len(heldout))))
     real = _images(heldout, idx)  # (n, 3, S, S)
     real_feats = space.features(real)
     common = {"steps": steps, "seed": seed, "batch_size": batch_size}
+    shipped = model.config.sampling
     rows = []
     for cond in conds:
         if cond == "class" and model.class_generator is None:
@@ -56,13 +62,22 @@ def sweep(
             raise SystemExit("the class generator's classes are not this --label's; pass the right --label")
         if cond == "text" and model.text_generator is None:
             continue
-        for scale in scales:
+        for temperature, scale in itertools.product(temperatures, scales):
             start = time.perf_counter()
-            if cond == "class":
-                m = class_sample_metrics(model, heldout, train, idx, real, space, cfg_scale=scale, **common)
-            else:
-                m = text_sample_metrics(model, heldout, idx, real_feats, space, cfg_scale=scale, **common)
-            row = {"cond": cond, "cfg_scale": scale, "seconds": round(time.perf_counter() - start, 1), **m}
+            model.config.sampling = shipped.replace(generate_temperature=temperature)
+            try:
+                if cond == "class":
+                    m = class_sample_metrics(
+                        model, heldout, train, idx, real, space, cfg_scale=scale, **common
+                    )
+                else:
+                    m = text_sample_metrics(model, heldout, idx, real_feats, space, cfg_scale=scale, **common)
+            finally:
+                model.config.sampling = shipped
+            row = {
+                "cond": cond, "cfg_scale": scale, "temperature": temperature,
+                "seconds": round(time.perf_counter() - start, 1), **m,
+            }  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -74,12 +89,12 @@ def markdown(rows: Sequence[dict[str, Any]], n: int) -> str:
         part = [r for r in rows if r["cond"] == cond]
         if not part:
             continue
-        keys = [k for k in part[0] if k not in ("cond", "cfg_scale")]
-        out += ["", f"{cond} samples:", "", "| cfg scale | " + " | ".join(keys) + " |"]
-        out.append("|" + "---|" * (1 + len(keys)))
+        keys = [k for k in part[0] if k not in ("cond", "cfg_scale", "temperature")]
+        out += ["", f"{cond} samples:", "", "| cfg scale | T | " + " | ".join(keys) + " |"]
+        out.append("|" + "---|" * (2 + len(keys)))
         for r in part:
             vals = [f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys]
-            out.append(f"| {r['cfg_scale']} | " + " | ".join(vals) + " |")
+            out.append(f"| {r['cfg_scale']} | {r['temperature']} | " + " | ".join(vals) + " |")
     return "\n".join(out)
 
 
@@ -93,6 +108,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--label", choices=["category", "subcategory"], default="category")
     p.add_argument("--n", type=int, default=1000, help="held-out images, at most (default 1000)")
     p.add_argument("--cfg-scale", type=float, nargs="+", default=[1.0, 1.5, 3.0])
+    p.add_argument(
+        "--temperature", type=float, nargs="+", default=[1.0], help="generator noise scales T (default: 1)"
+    )
     p.add_argument("--cond", nargs="+", choices=["class", "text"], default=["class", "text"])
     p.add_argument("--steps", type=int, help="decoder steps (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
@@ -108,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     train = EmojiDataset(args.data, split="train", label=args.label, image_size=model.image_size)
     rows = sweep(
         model, heldout, train, args.n, feature_space(args.features), args.cfg_scale,
-        conds=args.cond, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+        temperatures=args.temperature, conds=args.cond, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
     )  # fmt: skip
     print(markdown(rows, min(args.n, len(heldout))))
     if args.out:
