@@ -64,6 +64,8 @@ def test_recipe_exports_every_ablation_row_evaluated(
     assert (main["info"]["steps"], main["info"]["init_steps"], main["info"]["total_steps"]) == (3, 6, 9)
     assert main["sampling"]["decode_shift"] == 0.5  # SHIP_SHIFT, and evaluated with it:
     assert json.loads((models / "reptok-emoji" / "metrics.json").read_text())["decode_shift"] == 0.5
+    assert main["sampling"]["generate_temperature"] == 0.7  # SHIP_GEN_T, and evaluated with it:
+    assert json.loads((models / "reptok-emoji" / "metrics.json").read_text())["generate_temperature"] == 0.7
     assert twin["info"]["steps"] == 4
     assert twin["backbone_sha256"] == main["backbone_sha256"] and twin["text_generator"] is None
     assert main["info"]["backbone"].startswith("DAE-style") and main["info"]["backbone_method"] == "dae"

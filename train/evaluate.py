@@ -229,6 +229,7 @@ def evaluate(
     metrics["decode_temperature"] = model.config.sampling.decode_temperature
     metrics["decode_shift"] = model.config.sampling.decode_shift
     metrics["cfg_scale"] = model.config.sampling.cfg_scale
+    metrics["generate_temperature"] = model.config.sampling.generate_temperature
 
     recon_metrics, recon_t = reconstruction_metrics(
         model, real, steps=steps, seed=seed, batch_size=batch_size
@@ -287,6 +288,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, help="decoder noise scale τ (default: the model's)")
     p.add_argument("--shift", type=float, help="decoder time-grid shift (default: the model's)")
     p.add_argument("--cfg-scale", type=float, help="guidance scale of the samples (default: the model's)")
+    p.add_argument(
+        "--generate-temperature",
+        type=float,
+        help="generator noise scale T of the samples (default: the model's)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument(
@@ -307,6 +313,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         model.config.sampling = model.config.sampling.replace(decode_shift=args.shift)
     if args.cfg_scale is not None:  # recorded in the metrics (cfg_scale)
         model.config.sampling = model.config.sampling.replace(cfg_scale=args.cfg_scale)
+    if args.generate_temperature is not None:  # recorded in the metrics (generate_temperature)
+        model.config.sampling = model.config.sampling.replace(generate_temperature=args.generate_temperature)
     metrics = evaluate(
         model, args.data, feature_space(args.features),
         n=args.n, label=args.label, steps=args.steps, seed=args.seed, batch_size=args.batch_size,

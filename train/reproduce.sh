@@ -65,8 +65,9 @@ case $scale in
     MAIN_GEN=(--preset cpu-xs --steps 6000 --decay-steps 1500) MAIN_TEXT=(--preset cpu-xs --steps 3000 --decay-steps 1000)
     # Sampler defaults shipped in every freshly trained model: measured on the default model with
     # train/decode_sweep.py (decoder steps, τ, time-grid shift) and train/guidance_sweep.py (cfg scale): the model
-    # card's sampler tables.
-    EVAL=() SHIP_STEPS=4 SHIP_TAU=0.3 SHIP_SHIFT=0.33 SHIP_CFG=4
+    # card's sampler tables; the generator temperature too (guidance_sweep.py --temperature: the lowest
+    # T whose class gFD stays inside the seed band of T = 1's).
+    EVAL=() SHIP_STEPS=4 SHIP_TAU=0.3 SHIP_SHIFT=0.33 SHIP_CFG=4 SHIP_GEN_T=0.7
     declare -A PRE_STEPS=([dino]=150 [mae]=800 [clip]=400 [dae]=2500 [random]=0)
     FEATURES_METHOD=clip
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((2 / JOBS > 0 ? 2 / JOBS : 1))}
@@ -74,7 +75,7 @@ case $scale in
   gpu)
     MAIN=dae
     VAE=(--preset gpu) PRE=(--preset gpu-s) TOK=(--preset gpu-b) MAIN_TOK=("${TOK[@]}") GEN=(--preset gpu-b) EVAL=() SHIP_STEPS=8
-    MAIN_TOK_MORE=() MAIN_GEN=("${GEN[@]}") MAIN_TEXT=("${GEN[@]}") SHIP_TAU=1 SHIP_SHIFT=1 SHIP_CFG=1.5
+    MAIN_TOK_MORE=() MAIN_GEN=("${GEN[@]}") MAIN_TEXT=("${GEN[@]}") SHIP_TAU=1 SHIP_SHIFT=1 SHIP_CFG=1.5 SHIP_GEN_T=1
     declare -A PRE_STEPS=([dino]=3000 [mae]=6000 [clip]=2500 [dae]=6000 [random]=0)
     FEATURES_METHOD=dino
     ;;
@@ -82,7 +83,7 @@ case $scale in
     MAIN=dae
     VAE=(--preset test) PRE=(--preset test) TOK=(--preset test) MAIN_TOK=(--preset test --steps 6) GEN=(--preset test)
     MAIN_TOK_MORE=(--preset test --steps 3 --decay-steps 2) MAIN_GEN=("${GEN[@]}") MAIN_TEXT=("${GEN[@]}")
-    EVAL=(--n 8) SHIP_STEPS=2 SHIP_TAU=0.7 SHIP_SHIFT=0.5 SHIP_CFG=2.5
+    EVAL=(--n 8) SHIP_STEPS=2 SHIP_TAU=0.7 SHIP_SHIFT=0.5 SHIP_CFG=2.5 SHIP_GEN_T=0.7
     declare -A PRE_STEPS=([dino]=2 [mae]=2 [clip]=2 [dae]=2 [random]=0)
     FEATURES_METHOD=mae
     ;;
@@ -220,7 +221,7 @@ done
 run export "$RUNS/export/features/config.json" \
   python train/export.py "${EXPORT[@]}" --features "$RUNS/features" --data "$DATA" --no-manifold \
   --out "$RUNS/export" --decode-steps "$SHIP_STEPS" --decode-temperature "$SHIP_TAU" \
-  --decode-shift "$SHIP_SHIFT" --cfg-scale "$SHIP_CFG"
+  --decode-shift "$SHIP_SHIFT" --cfg-scale "$SHIP_CFG" --generate-temperature "$SHIP_GEN_T"
 finish; stop_after export
 
 # 5. Evaluate what ships, on the held-out split: metrics.json next to each exported model's weights,
@@ -236,7 +237,7 @@ done
 run "eval-seed1" "$SEED_TWIN/model/metrics.json" \
   python train/evaluate.py --model "$SEED_TWIN/model" --data "$DATA" --features "$RUNS/export/features" \
   --label subcategory --steps "$SHIP_STEPS" --temperature "$SHIP_TAU" --shift "$SHIP_SHIFT" \
-  --cfg-scale "$SHIP_CFG" "${EVAL[@]}"  # as the exported rows
+  --cfg-scale "$SHIP_CFG" --generate-temperature "$SHIP_GEN_T" "${EVAL[@]}"  # as the exported rows
 finish
 
 # 6. What ships: the main model whole; every ablation row as its tokenizer alone (the app only
