@@ -27,7 +27,7 @@ R = TypeVar("R")
 
 MAX_PROMPT_CHARS = 1000  # the text encoder keeps ~32 tokens anyway; this only bounds the work
 MAX_IMAGES = 16
-MAX_TEMPERATURE = 1.5  # decoder noise τ: past 1 the noise is wider than the flow was trained on
+MAX_TEMPERATURE = 1.5  # decoder τ and generator T: past 1 the noise is wider than the flows were trained on
 Gallery = outputs.Gallery  # (path of a PNG, caption): handlers return files they wrote (see outputs.py)
 
 
@@ -71,9 +71,9 @@ def _steps(value: object) -> int:
     return imaging.clamp_int(value, "steps", 1, 100)
 
 
-def _temperature(value: object) -> float | None:
-    """τ from the slider; None (an API call without it) keeps the model's own default."""
-    return None if value is None else imaging.clamp_float(value, "τ", 0.0, MAX_TEMPERATURE)
+def _temperature(value: object, name: str = "τ") -> float | None:
+    """τ or T from a slider; None (an API call without it) keeps the model's own default."""
+    return None if value is None else imaging.clamp_float(value, name, 0.0, MAX_TEMPERATURE)
 
 
 class Explorer:
@@ -209,6 +209,7 @@ class Explorer:
         steps: float,
         seed: float,
         n: float,
+        temperature: float | None,
         progress: gr.Progress | None,
         **condition: Any,
     ) -> list[Image.Image]:
@@ -222,6 +223,7 @@ class Explorer:
             # The slider sets the decoder's steps; the generator (one token: cheap) keeps the
             # model's own setting, the one its metrics.json was measured with.
             decode_steps=_steps(steps),
+            temperature=_temperature(temperature, "T"),
             seed=imaging.seed_value(seed),
             progress=_progress_fn(progress, "decoding"),
         )
@@ -237,11 +239,14 @@ class Explorer:
         steps: float,
         seed: float,
         n: float,
+        temperature: float | None = None,
         progress: gr.Progress = gr.Progress(track_tqdm=False),  # noqa: B008
     ) -> Gallery:
         if not class_name:
             raise gr.Error("Please choose a class.")
-        images = self._sample(model_label, cfg, lo, hi, steps, seed, n, progress, labels=str(class_name))
+        images = self._sample(
+            model_label, cfg, lo, hi, steps, seed, n, temperature, progress, labels=str(class_name)
+        )
         return outputs.gallery(images, [str(class_name)] * len(images))
 
     @friendly_errors
@@ -255,12 +260,13 @@ class Explorer:
         steps: float,
         seed: float,
         n: float,
+        temperature: float | None = None,
         progress: gr.Progress = gr.Progress(track_tqdm=False),  # noqa: B008
     ) -> Gallery:
         text = (prompt or "").strip()[:MAX_PROMPT_CHARS]
         if not text:
             raise gr.Error("Please enter a prompt.")
-        images = self._sample(model_label, cfg, lo, hi, steps, seed, n, progress, prompts=text)
+        images = self._sample(model_label, cfg, lo, hi, steps, seed, n, temperature, progress, prompts=text)
         caption = text if len(text) <= 60 else text[:57] + "..."
         return outputs.gallery(images, [caption] * len(images))
 

@@ -80,7 +80,7 @@ def decoder_temperature(models: ModelRegistry) -> gr.Slider:
 
 def defaults_follow_model(model: gr.Dropdown, models: ModelRegistry, sliders: dict[gr.Slider, str]) -> None:
     """Picking a model sets each slider to that model's own default for its `SamplingConfig` field
-    (decoder steps: emoji models 4, the official XL 50; τ; the guidance scale), as a diffusers
+    (decoder steps: emoji models 4, the official XL 50; τ; the guidance scale; T), as a diffusers
     pipeline's defaults come with its checkpoint; the sliders then override them."""
     fields = list(sliders.values())
 
@@ -109,7 +109,7 @@ def class_names(models: ModelRegistry, label: str | None) -> list[str]:
 
 
 def sampling_controls(models: ModelRegistry, can: Ability) -> list[Any]:
-    """cfg, interval lo/hi, steps, seed, n: shared by the class and text tabs."""
+    """cfg, interval lo/hi, steps, seed, n, generator T: shared by the class and text tabs."""
     label = models.default_for(can)
     sampling = models.entry(label).config.sampling if label is not None else None
     lo, hi = sampling.cfg_interval if sampling else (0.3, 0.9)
@@ -122,7 +122,11 @@ def sampling_controls(models: ModelRegistry, can: Ability) -> list[Any]:
     with gr.Row():
         steps = decoder_steps(models, can)
         seed = seed_box()
-    return [cfg, lo_s, hi_s, steps, seed, n]
+    temperature = gr.Slider(
+        0, MAX_TEMPERATURE, value=sampling.generate_temperature if sampling else 1.0, step=0.05,
+        label="Generator noise T (below 1: more typical samples, less variety)",
+    )  # fmt: skip
+    return [cfg, lo_s, hi_s, steps, seed, n, temperature]
 
 
 def expected_time(
@@ -199,7 +203,11 @@ def class_sampling_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
             button = gr.Button("Sample", variant="primary")
             expected_time(demo, app.estimate_sample, [model, controls[3], controls[5]])  # steps, n
         samples = gallery("Samples")
-    defaults_follow_model(model, models, {controls[3]: "decode_steps", controls[0]: "cfg_scale"})
+    defaults_follow_model(
+        model,
+        models,
+        {controls[3]: "decode_steps", controls[0]: "cfg_scale", controls[6]: "generate_temperature"},
+    )
     model.change(
         lambda label: gr.Dropdown(choices=class_names(models, label), value=None),
         model,
@@ -222,7 +230,11 @@ def text_prompts_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
             button = gr.Button("Sample", variant="primary")
             expected_time(demo, app.estimate_sample, [model, controls[3], controls[5]])  # steps, n
         samples = gallery("Samples")
-    defaults_follow_model(model, models, {controls[3]: "decode_steps", controls[0]: "cfg_scale"})
+    defaults_follow_model(
+        model,
+        models,
+        {controls[3]: "decode_steps", controls[0]: "cfg_scale", controls[6]: "generate_temperature"},
+    )
     gr.Examples([[p] for p in PROMPT_EXAMPLES], inputs=[prompt], label="Prompts")
     gr.on(
         [button.click, prompt.submit],

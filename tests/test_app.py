@@ -209,6 +209,21 @@ def test_sample_text(client: Client) -> None:
     assert len(gallery) == 1  # long prompts are truncated, not a crash
 
 
+def test_sample_generator_temperature(client: Client) -> None:
+    """The Generator noise T slider reaches the generator: T = 0 draws one token per class, so the
+    samples of one seed differ from T = 1's; an API call without it keeps the model's default, and
+    one past the slider's range is refused with a message naming the bound."""
+    args = (CLASS_NAMES[1], "tiny", 1.5, 0.3, 0.9, 2, 0, 2)
+    pixels = [
+        [np.asarray(Image.open(_item_path(item))) for item in client.predict(*args, t, api_name="/sample_class")]
+        for t in (0.0, 1.0)
+    ]
+    assert not np.array_equal(pixels[0][0], pixels[1][0])
+    default = client.predict(*args, api_name="/sample_class")
+    assert len(default) == 2
+    assert "greater than maximum value 1.5" in _error(client, *args, 9.0, api_name="/sample_class")
+
+
 def test_interpolate(client: Client, files: dict[str, Path]) -> None:
     strip, gif, frame = client.predict(
         handle_file(files["rgb.png"]), handle_file(files["other.png"]), "tiny", 5, "slerp", 2, 0, 1.0,
