@@ -215,7 +215,10 @@ def test_sample_generator_temperature(client: Client) -> None:
     one past the slider's range is refused with a message naming the bound."""
     args = (CLASS_NAMES[1], "tiny", 1.5, 0.3, 0.9, 2, 0, 2)
     pixels = [
-        [np.asarray(Image.open(_item_path(item))) for item in client.predict(*args, t, api_name="/sample_class")]
+        [
+            np.asarray(Image.open(_item_path(item)))
+            for item in client.predict(*args, t, api_name="/sample_class")
+        ]
         for t in (0.0, 1.0)
     ]
     assert not np.array_equal(pixels[0][0], pixels[1][0])
