@@ -220,8 +220,8 @@ class Explorer:
             **{key: [value] * count},
             cfg_scale=imaging.clamp_float(cfg, "CFG scale", 0.0, 10.0),
             cfg_interval=imaging.interval(lo, hi),
-            # The slider sets the decoder's steps; the generator (one token: cheap) keeps the
-            # model's own setting, the one its metrics.json was measured with.
+            # The steps slider sets the decoder's; the generator's steps (one token: cheap) stay
+            # the model's own setting, the one its metrics.json was measured with.
             decode_steps=_steps(steps),
             temperature=_temperature(temperature, "T"),
             seed=imaging.seed_value(seed),
