@@ -132,10 +132,12 @@ def test_generate_temperature_scales_the_generators_noise(tiny_model: RepTok, tm
     finally:
         tiny_model.config.sampling = tiny_model.config.sampling.replace(generate_temperature=1.0)
     assert RepTok.from_pretrained(tmp_path / "m").config.sampling.generate_temperature == 0.0
-    # sample() passes it on: T = 0 and one seed's decoder noise give equal images for equal labels
+    # sample() passes it on: its images are the decoded tokens drawn at that T
     images = tiny_model.sample(labels=[1], temperature=0.0, seed=4, output_type="pt")
-    torch.testing.assert_close(
-        images, tiny_model.sample(labels=[1], temperature=0.0, seed=4, output_type="pt")
+    tokens = tiny_model.sample_tokens(labels=[1], temperature=0.0, seed=4)
+    torch.testing.assert_close(images, tiny_model.decode(tokens, seed=4, output_type="pt"))
+    assert not torch.allclose(
+        images, tiny_model.sample(labels=[1], temperature=1.0, seed=4, output_type="pt")
     )
 
 

@@ -120,11 +120,13 @@ def draw_samples(
     seed: int,
     batch_size: int,
     cfg_scale: float | None,
+    temperature: float | None = None,
 ) -> Tensor:
     """One sample per condition (`kind`: "labels" or "prompts"), in batches seeded by their offset, so
-    the same condition list gives the same samples at any batch position."""
+    the same condition list gives the same samples at any batch position. `cfg_scale` and the
+    generator `temperature`: None is the model's own setting."""
     return torch.cat([
-        model.sample(**{kind: conditions[c.start : c.stop]}, seed=seed + c.start, decode_steps=steps, cfg_scale=cfg_scale, output_type="pt").cpu()
+        model.sample(**{kind: conditions[c.start : c.stop]}, seed=seed + c.start, decode_steps=steps, cfg_scale=cfg_scale, temperature=temperature, output_type="pt").cpu()
         for c in tqdm(_chunks(len(conditions), batch_size), desc=f"{kind} samples")
     ])  # fmt: skip  # (n, 3, S, S)
 
@@ -142,12 +144,13 @@ def class_sample_metrics(
     seed: int,
     batch_size: int,
     cfg_scale: float | None = None,
+    temperature: float | None = None,
     recon: Tensor | None = None,
 ) -> dict[str, float]:
     """gFD and the k-NN class probe of class samples drawn for the held-out label mix of `idx`; the
     probe's two references: the real images and, where given, their reconstructions `recon`."""
     labels = [int(heldout[i]["label"]) for i in idx]
-    samples = draw_samples(model, "labels", labels, steps=steps, seed=seed, batch_size=batch_size, cfg_scale=cfg_scale)  # fmt: skip
+    samples = draw_samples(model, "labels", labels, steps=steps, seed=seed, batch_size=batch_size, cfg_scale=cfg_scale, temperature=temperature)  # fmt: skip
     train_images = _images(train, range(len(train)))  # (N, 3, S, S)
     bank = torch.from_numpy(space.features(train_images))  # (N, F), unit norm
     bank_labels = torch.tensor([int(train[i]["label"]) for i in range(len(train))])
@@ -190,11 +193,12 @@ def text_sample_metrics(
     seed: int,
     batch_size: int,
     cfg_scale: float | None = None,
+    temperature: float | None = None,
 ) -> dict[str, float]:
     """text gFD and retrieval of text samples drawn from the held-out captions of `idx`."""
     prompts = [str(heldout[i]["caption"]) for i in idx]
     codes = [str(heldout[i]["code"]) for i in idx]
-    samples = draw_samples(model, "prompts", prompts, steps=steps, seed=seed, batch_size=batch_size, cfg_scale=cfg_scale)  # fmt: skip
+    samples = draw_samples(model, "prompts", prompts, steps=steps, seed=seed, batch_size=batch_size, cfg_scale=cfg_scale, temperature=temperature)  # fmt: skip
     sample_feats = space.features(samples)  # (n, F), unit norm
     hit = retrieval_hits(sample_feats, real_feats, codes)  # (n, 5)
     return {

@@ -48,12 +48,11 @@ def sweep(
     batch_size: int = 64,
 ) -> list[dict[str, Any]]:
     """One row per (condition, temperature, scale): the metrics train/evaluate.py reports for those
-    samples, drawn at that generator temperature (the model's sampling config is left as it was)."""
+    samples, drawn at that guidance scale and generator temperature."""
     idx = list(range(min(n, len(heldout))))
     real = _images(heldout, idx)  # (n, 3, S, S)
     real_feats = space.features(real)
     common = {"steps": steps, "seed": seed, "batch_size": batch_size}
-    shipped = model.config.sampling
     rows = []
     for cond in conds:
         if cond == "class" and model.class_generator is None:
@@ -64,16 +63,11 @@ def sweep(
             continue
         for temperature, scale in itertools.product(temperatures, scales):
             start = time.perf_counter()
-            model.config.sampling = shipped.replace(generate_temperature=temperature)
-            try:
-                if cond == "class":
-                    m = class_sample_metrics(
-                        model, heldout, train, idx, real, space, cfg_scale=scale, **common
-                    )
-                else:
-                    m = text_sample_metrics(model, heldout, idx, real_feats, space, cfg_scale=scale, **common)
-            finally:
-                model.config.sampling = shipped
+            setting = {"cfg_scale": scale, "temperature": temperature, **common}
+            if cond == "class":
+                m = class_sample_metrics(model, heldout, train, idx, real, space, **setting)
+            else:
+                m = text_sample_metrics(model, heldout, idx, real_feats, space, **setting)
             row = {
                 "cond": cond, "cfg_scale": scale, "temperature": temperature,
                 "seconds": round(time.perf_counter() - start, 1), **m,
