@@ -129,6 +129,12 @@ def sampling_controls(models: ModelRegistry, can: Ability) -> list[Any]:
     return [cfg, lo_s, hi_s, steps, seed, n, temperature]
 
 
+def sampling_defaults_follow_model(model: gr.Dropdown, models: ModelRegistry, controls: list[Any]) -> None:
+    """`defaults_follow_model` for `sampling_controls`: steps, guidance scale and generator T."""
+    fields = {controls[3]: "decode_steps", controls[0]: "cfg_scale", controls[6]: "generate_temperature"}
+    defaults_follow_model(model, models, fields)
+
+
 def expected_time(
     demo: gr.Blocks, estimate: Callable[..., str], inputs: Sequence[gr.components.Component]
 ) -> gr.Markdown:
@@ -203,11 +209,7 @@ def class_sampling_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
             button = gr.Button("Sample", variant="primary")
             expected_time(demo, app.estimate_sample, [model, controls[3], controls[5]])  # steps, n
         samples = gallery("Samples")
-    defaults_follow_model(
-        model,
-        models,
-        {controls[3]: "decode_steps", controls[0]: "cfg_scale", controls[6]: "generate_temperature"},
-    )
+    sampling_defaults_follow_model(model, models, controls)
     model.change(
         lambda label: gr.Dropdown(choices=class_names(models, label), value=None),
         model,
@@ -230,11 +232,7 @@ def text_prompts_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
             button = gr.Button("Sample", variant="primary")
             expected_time(demo, app.estimate_sample, [model, controls[3], controls[5]])  # steps, n
         samples = gallery("Samples")
-    defaults_follow_model(
-        model,
-        models,
-        {controls[3]: "decode_steps", controls[0]: "cfg_scale", controls[6]: "generate_temperature"},
-    )
+    sampling_defaults_follow_model(model, models, controls)
     gr.Examples([[p] for p in PROMPT_EXAMPLES], inputs=[prompt], label="Prompts")
     gr.on(
         [button.click, prompt.submit],
