@@ -162,6 +162,9 @@ def test_npm_names_and_wanted_files() -> None:
         prepare_emoji.tarball_stem("@lobehub/fluent-emoji-flat", "1.1.0") == "lobehub-fluent-emoji-flat-1.1.0"
     )
     assert "package/color/svg/" in prepare_emoji.wanted_files("openmoji")
+    assert prepare_emoji.package_name("emojione") == "emojione"  # 2.2.7: the last CC BY 4.0 artwork
+    assert "package/assets/svg/" in prepare_emoji.wanted_files("emojione")
+    assert prepare_emoji.code_key("0023-20e3") == prepare_emoji.code_key("0023-FE0F-20E3")  # its file names
     assert "package/img/twitter/64/" in prepare_emoji.wanted_files("twitter")
     assert prepare_emoji.wanted_files(None)[0] == "package/emoji.json"
     assert set(prepare_emoji.STYLES) == set(prepare_emoji.IMAGE_LICENSES)

@@ -66,6 +66,13 @@ SVG_STYLES: dict[str, SvgStyle] = {
         "color/svg",
         "All emojis designed by OpenMoji – the open-source emoji and icon project. License: CC BY-SA 4.0",
     ),
+    # EmojiOne 2.2.7, the last release whose artwork is CC BY 4.0 (3.0 moved to a non-free license).
+    "emojione": SvgStyle(
+        "emojione",
+        "2.2.7",
+        "assets/svg",
+        "Emoji artwork provided by EmojiOne (https://www.emojione.com), CC BY 4.0",
+    ),
     # The flat set (one colour SVG per code) of Microsoft's Fluent Emoji, named by code by LobeHub;
     # `fluentui-emoji` names its files by words instead, which would need a second mapping.
     "fluent": SvgStyle(
@@ -86,6 +93,7 @@ IMAGE_LICENSES: dict[str, str] = {
     "google": "Apache-2.0 (Noto Emoji, Google)",
     "twitter": "CC-BY-4.0 (Twemoji graphics, Twitter / jdecked)",
     "openmoji": "CC-BY-SA-4.0 (OpenMoji, HfG Schwäbisch Gmünd and contributors)",
+    "emojione": "CC-BY-4.0 (EmojiOne 2.2.7 artwork, Ranks.com)",
     "fluent": "MIT (Fluent Emoji flat, Microsoft; package by LobeHub)",
 }
 SKIN_TONES = frozenset({"1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF"})
