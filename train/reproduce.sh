@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Every command that makes the shipped emoji models, in order, at one scale:
 #
-#   bash train/reproduce.sh cpu     2 CPU cores, JOBS=2. Not yet run end to end on this machine: its
-#                                   VAE (89 min) and DAE backbone (72 min) ran side by side, then the
-#                                   default model's chain (stage A 40 min + its continuation 131 min,
-#                                   class 17 min on one core, text 24 min on both); with the ablation rows
-#                                   that is well over the 2.5 h aim (VAE --steps 500 saves an hour)
+#   bash train/reproduce.sh cpu     2 CPU cores, JOBS=2. Not yet run end to end on this machine. At the
+#                                   step rates measured with nothing else running (session 13), about
+#                                   3.7 h: VAE beside the DAE backbone 22 min, the other backbones beside
+#                                   the default's first stage A 24 min, the rows 29 min, its continuation
+#                                   alone on both cores 85 min, generators 40 min, export and evaluation
+#                                   20 min: over the 2.5 h aim
 #   bash train/reproduce.sh gpu     one GPU: the gpu-* presets, the λ sweep and backbone runs side by side
 #   bash train/reproduce.sh test    tiny presets, seconds (tests/test_reproduce.py)
 #
@@ -164,19 +165,15 @@ run features "$RUNS/features/log.jsonl" \
   --steps "${PRE_STEPS[$FEATURES_METHOD]}" --seed 1 --data "$DATA" --out "$RUNS/features" --resume "${EXTRA[@]}"
 finish; stop_after backbones
 
-# 3. Stage A of the ablation rows ([cls] embedding + decoder), and the default model's class generator.
+# 3. Stage A of the ablation rows ([cls] embedding + decoder), and the default model's class generator
+#    (or, where it has a continuation, that continuation alone afterwards).
+ALL_THREADS=$((JOBS * ${OMP_NUM_THREADS:-1}))
 main_class_generator() {
   run gen-main "$MAIN_GEN_RUN/log.jsonl" \
-    python train/train_generator.py "${MAIN_GEN[@]}" --data "$DATA" --tokenizer "$MAIN_TOK_MODEL" \
-    --cond class --label subcategory --out "$MAIN_GEN_RUN" --resume "${EXTRA[@]}"
+    env OMP_NUM_THREADS="$1" python train/train_generator.py "${MAIN_GEN[@]}" --data "$DATA" \
+    --tokenizer "$MAIN_TOK_MODEL" --cond class --label subcategory --out "$MAIN_GEN_RUN" --resume "${EXTRA[@]}"
 }
-if (( OWN_MAIN && ${#MAIN_TOK_MORE[@]} )); then
-  run tok-main-more "$RUNS/tok-main-more/log.jsonl" \
-    python train/train_tokenizer.py "${MAIN_TOK_MORE[@]}" --data "$DATA" --init "$MAIN_TOK_RUN/model" \
-    "${SPACE[@]}" --lam "$DEFAULT_LAM" --out "$RUNS/tok-main-more" --resume "${EXTRA[@]}"
-elif (( OWN_MAIN )); then
-  main_class_generator
-fi
+(( OWN_MAIN && ! ${#MAIN_TOK_MORE[@]} )) && main_class_generator "${OMP_NUM_THREADS:-1}"
 for pair in "${PAIRS[@]}"; do
   b=${pair%%:*} lam=${pair##*:}
   run "tok-$b-lam$lam" "$(tok "$b" "$lam")/log.jsonl" \
@@ -187,12 +184,23 @@ SEED_TWIN=$(tok "$MAIN" "$DEFAULT_LAM")-seed1
 run "tok-$MAIN-lam$DEFAULT_LAM-seed1" "$SEED_TWIN/log.jsonl" \
   python train/train_tokenizer.py "${TOK[@]}" --data "$DATA" --backbone "$RUNS/backbones/$MAIN" \
   "${SPACE[@]}" --lam "$DEFAULT_LAM" --seed 1 --out "$SEED_TWIN" --resume "${EXTRA[@]}"
-finish; stop_after tokenizers
+finish
+# The default model's stage-A continuation, the recipe's longest step, alone on every core: one process
+# on both cores runs as many stage-A steps as two one-core lanes together (62.5 against 33 + 33 images/s,
+# session 13), so beside the rows it would take twice as long and leave the other lane idle at the end.
+if (( OWN_MAIN && ${#MAIN_TOK_MORE[@]} )); then
+  run tok-main-more "$RUNS/tok-main-more/log.jsonl" \
+    env OMP_NUM_THREADS="$ALL_THREADS" python train/train_tokenizer.py "${MAIN_TOK_MORE[@]}" --data "$DATA" \
+    --init "$MAIN_TOK_RUN/model" "${SPACE[@]}" --lam "$DEFAULT_LAM" --out "$RUNS/tok-main-more" \
+    --resume "${EXTRA[@]}"
+  finish
+fi
+stop_after tokenizers
 
 # 4. Stage B: a class generator per ablation row (each row's gFD needs one); the default model's text
 #    generator, beside them when its class generator is done (its own run), else after them.
 MAIN_RUN=$RUNS/main
-if (( OWN_MAIN && ${#MAIN_TOK_MORE[@]} )); then main_class_generator; finish; fi  # after its continuation
+if (( OWN_MAIN && ${#MAIN_TOK_MORE[@]} )); then main_class_generator "$ALL_THREADS"; finish; fi  # alone too
 text_generator() {
   run main-text "$MAIN_RUN/log.jsonl" \
     env OMP_NUM_THREADS="$1" python train/train_generator.py "${MAIN_TEXT[@]}" --data "$DATA" \
@@ -206,7 +214,7 @@ for pair in "${PAIRS[@]}"; do
     --cond class --label subcategory --out "$(gen "$b" "$lam")" --resume "${EXTRA[@]}"
 done
 finish
-if (( ! OWN_MAIN )); then text_generator "$((JOBS * ${OMP_NUM_THREADS:-1}))"; finish; fi
+if (( ! OWN_MAIN )); then text_generator "$ALL_THREADS"; finish; fi
 stop_after generators
 
 # 4. Export for evaluation: fp16 weights (each backbone once) with every generator, and the feature
