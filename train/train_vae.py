@@ -83,7 +83,8 @@ PRESETS: dict[str, VaePreset] = {
     # 2 CPU cores: blocks 32/64/128 (factor 4: 64×64×3 -> 16×16×4), ~2.7 M parameters. Measured on
     # the 579 held-out images of the three training styles, one core (2.6 s/step, beside another
     # job): 500 steps, 22 min: 20.4 dB, SSIM 0.815, 98.8 % identification; 2,000 steps, 89 min:
-    # 21.1 dB, SSIM 0.850, 98.8 %. `--steps 500` saves an hour for 0.7 dB of ceiling.
+    # 21.1 dB, SSIM 0.850, 98.8 %. `--steps 500` gives 0.7 dB less ceiling. Measured again with nothing
+    # else running: 0.43 s/step on one core beside the backbone, 0.25 s/step on both (2,000 steps: 15 / 8 min).
     "cpu": VaePreset(
         vae=_vae_config((32, 64, 128), latent_channels=4),
         train=TrainConfig(
