@@ -196,11 +196,18 @@ class Encoder(nn.Module):
         z, z_frozen = both.chunk(2, dim=0)
         return z, z_frozen
 
-    def forward(self, images: Tensor, *, return_frozen: bool = False) -> EncoderOutput:
-        """images (B, 3, H, W) in [-1, 1] -> EncoderOutput(z (B, 1, D), z_frozen, cosine_loss)."""
+    def forward(
+        self, images: Tensor, *, return_frozen: bool = False, z_frozen: Tensor | None = None
+    ) -> EncoderOutput:
+        """images (B, 3, H, W) in [-1, 1] -> EncoderOutput(z (B, 1, D), z_frozen, cosine_loss).
+
+        `z_frozen` (B, 1, D): the original backbone's tokens of these images, when the caller has
+        them (stage A without augmentation computes them once per image): the frozen pass is skipped."""
         lam = self.config.cosine_weight
         needs_anchor = self.training and 0.0 < lam < math.inf
-        z, z_frozen = self._cls_outputs(self.preprocess(images), with_frozen=return_frozen or needs_anchor)
+        with_frozen = (return_frozen or needs_anchor) and z_frozen is None
+        z, computed = self._cls_outputs(self.preprocess(images), with_frozen=with_frozen)
+        z_frozen = computed if z_frozen is None else z_frozen.to(z)
         loss = None
         if needs_anchor:
             cos = F.cosine_similarity(z.float(), z_frozen.float(), dim=-1)  # (B, 1)

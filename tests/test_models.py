@@ -64,6 +64,26 @@ def test_cosine_term_is_zero_at_init_and_grows_when_the_token_moves() -> None:
     assert float(enc(x).cosine_loss) == pytest.approx(float(loss1) / 2, rel=1e-4)
 
 
+def test_given_anchor_tokens_replace_the_frozen_pass() -> None:
+    """Stage A hands the encoder each image's original token, computed once: same loss, same gradient."""
+    enc = Encoder(ENCODER_PRESETS["test"].replace(cosine_weight=0.5)).train()
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        enc.backbone.cls_token.add_(torch.randn_like(enc.backbone.cls_token))
+        anchors = enc.eval()(x, return_frozen=True).z_frozen  # (4, 1, D)
+    enc.train()
+    grads = []
+    for given in (None, anchors):
+        enc.backbone.cls_token.grad = None
+        out = enc(x, z_frozen=given)
+        out.cosine_loss.backward()
+        grads.append(enc.backbone.cls_token.grad.clone())
+        assert float(out.cosine_loss) > 1e-3
+    torch.testing.assert_close(grads[0], grads[1])
+    # a wrong anchor changes the loss: the given tokens are what it measures against
+    assert not torch.allclose(enc(x, z_frozen=-anchors).cosine_loss, enc(x).cosine_loss)
+
+
 def test_frozen_token_lambda_inf_has_nothing_to_train() -> None:
     enc = Encoder(ENCODER_PRESETS["test"].replace(cosine_weight=math.inf)).train()
     assert not any(p.requires_grad for p in enc.parameters())

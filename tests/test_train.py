@@ -24,7 +24,7 @@ if str(ROOT) not in sys.path:
 
 from reptok.encoder import ENCODER_PRESETS, create_backbone  # noqa: E402
 from reptok.pipeline import RepTok  # noqa: E402
-from train import train_generator, train_tokenizer, train_vae  # noqa: E402
+from train import stage_a_setup, train_generator, train_tokenizer, train_vae  # noqa: E402
 from train.batches import resumable_batches, step_generator  # noqa: E402
 from train.common import Trainer  # noqa: E402
 from train.loop_config import TrainConfig, config_differences  # noqa: E402
@@ -240,9 +240,31 @@ def test_cached_latents_are_the_image_spaces_encoding(data_dir: Path) -> None:
 
     space = ImageSpace(ImageSpaceConfig(kind="vae"), AutoencoderKL.from_config(TINY_VAE_CONFIG))
     dataset = build_dataset(data_dir, "train", image_size=32)
-    cached = train_tokenizer.encode_dataset(space, dataset, batch_size=3)
+    cached = stage_a_setup.encode_dataset(space.encode, dataset, batch_size=3)
     direct = space.encode(torch.stack([dataset[i]["image"] for i in range(len(dataset))]))
     assert cached.shape == direct.shape and torch.allclose(cached, direct, atol=1e-5)
+
+
+def test_cached_anchors_are_the_original_backbones_tokens(data_dir: Path) -> None:
+    from reptok.encoder import ENCODER_PRESETS, Encoder
+    from train.data import build_dataset
+
+    encoder = Encoder(ENCODER_PRESETS["test"].replace(cosine_weight=0.1)).train()
+    with torch.no_grad():
+        encoder.backbone.cls_token.normal_()  # timm's 1e-6 init makes the tiny ViT's [cls] ill-conditioned
+        encoder.reset_frozen_token()
+        original = encoder.backbone.cls_token.detach().clone()
+        encoder.backbone.cls_token.add_(torch.randn_like(original))  # adapted: no longer the anchors
+    dataset = build_dataset(data_dir, "train", image_size=32)
+    cached = stage_a_setup.encode_dataset(stage_a_setup.frozen_tokens(encoder), dataset, batch_size=3)
+    assert encoder.training  # restored
+    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
+    with torch.no_grad():
+        adapted = encoder.eval()(images).z  # (N, 1, D)
+        encoder.backbone.cls_token.copy_(original)
+        direct = encoder(images).z  # (N, 1, D): the original backbone's tokens
+    assert cached.shape == direct.shape and torch.allclose(cached, direct, atol=1e-5)
+    assert not torch.allclose(cached, adapted, atol=1e-2)
 
 
 def test_clear_errors(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -26,7 +26,6 @@ end, the EMA weights as a RepTok model folder OUT/model (load with RepTok.from_p
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 from torch import Tensor, nn
 
-from reptok.decoder import DECODER_PRESETS, Decoder, DecoderConfig, ImageSpace, ImageSpaceConfig
+from reptok.decoder import DECODER_PRESETS, Decoder, DecoderConfig, ImageSpace
 from reptok.encoder import ENCODER_PRESETS, Encoder
 from reptok.flow import TimeSampling, flow_loss
 from reptok.pipeline import RepTok, RepTokConfig
@@ -47,7 +46,15 @@ from train.cli import add_time_schedule_arg, add_train_args, stage_parser, train
 from train.common import LossFn, Trainer
 from train.data import build_dataset
 from train.loop_config import TrainConfig, to_plain
-from train.pretrain_backbone import load_encoder
+from train.stage_a_setup import (
+    build_encoder,
+    build_image_space,
+    encode_dataset,
+    frozen_tokens,
+    is_reptok_model,
+    stage_a_steps,
+    start_from,
+)
 
 
 @dataclass
@@ -150,9 +157,12 @@ class TokenizerModel(nn.Module):
         self.encoder, self.decoder, self.image_space = encoder, decoder, image_space
 
 
-def tokenizer_loss(schedule: TimeSampling, cached: Tensor | None = None) -> LossFn:
+def tokenizer_loss(
+    schedule: TimeSampling, cached: Tensor | None = None, anchors: Tensor | None = None
+) -> LossFn:
     """Stage A's loss. `cached`: the image space's encoding of every training image (by dataset
-    index), so a VAE space costs no encoder pass per step."""
+    index), so a VAE space costs no encoder pass per step; `anchors` (N, 1, D): the original
+    backbone's token of every training image, so the cosine anchor costs no frozen pass."""
 
     def loss_fn(
         model: TokenizerModel, batch: dict[str, Any], generator: torch.Generator
@@ -164,8 +174,9 @@ def tokenizer_loss(schedule: TimeSampling, cached: Tensor | None = None) -> Loss
             with torch.no_grad():
                 target = model.image_space.encode(images)  # (B, C, S, S): pixels or VAE latents
         # λ = inf: no gradient reaches the encoder, so it runs without a graph.
+        z_frozen = None if anchors is None else anchors[torch.as_tensor(batch["index"]).cpu()]  # (B, 1, D)
         with torch.set_grad_enabled(model.encoder.backbone.cls_token.requires_grad):
-            enc = model.encoder(images)
+            enc = model.encoder(images, z_frozen=z_frozen)
         z = enc.z  # (B, 1, D)
         flow = flow_loss(
             lambda x_t, t: model.decoder(x_t, t, z), target, schedule=schedule, generator=generator
@@ -177,121 +188,6 @@ def tokenizer_loss(schedule: TimeSampling, cached: Tensor | None = None) -> Loss
         return flow + enc.cosine_loss, metrics
 
     return loss_fn
-
-
-# ------------------------------------------------------------------------------------ building
-
-
-def build_encoder(
-    backbone: str, encoder_preset: str, lam: float, pretrained: bool
-) -> tuple[Encoder, str, dict[str, Any]]:
-    """Encoder, where its weights came from, and what pre-training said of it: {"method": dino/mae/
-    clip/random/timm, "knn": held-out k-NN accuracies or None}."""
-    folder = Path(backbone)
-    if is_reptok_model(folder):
-        return encoder_from_model(folder, lam)
-    if folder.is_dir():
-        encoder, meta = load_encoder(folder, cosine_weight=lam)
-        method = str(meta.get("method", "unknown method"))
-        knn = meta.get("knn") or {}
-        about = {
-            "method": method,
-            "knn": {k: knn[k] for k in ("category", "subcategory") if k in knn} or None,
-        }
-        return encoder, f"{folder} ({method})", about
-    if ("/" in backbone or "\\" in backbone) and not backbone.startswith(("hf-hub:", "hf_hub:")):
-        raise FileNotFoundError(f"backbone folder not found: {backbone}")
-    config = ENCODER_PRESETS[encoder_preset].replace(
-        backbone=backbone, pretrained=pretrained, cosine_weight=lam
-    )
-    return (
-        Encoder(config),
-        f"timm {backbone} ({'pretrained' if pretrained else 'random init'})",
-        {
-            "method": "timm",
-            "knn": None,
-        },
-    )
-
-
-def is_reptok_model(folder: Path) -> bool:
-    config = folder / "config.json"
-    return config.is_file() and json.loads(config.read_text()).get("format") == "reptok"
-
-
-def encoder_from_model(folder: Path, lam: float) -> tuple[Encoder, str, dict[str, Any]]:
-    """The SSL backbone of a saved RepTok model (e.g. a shipped one in assets/models), with its
-    original [cls] embedding: what the model's own stage A started from, not its adapted token."""
-    model = RepTok.from_pretrained(folder)
-    encoder = model.encoder
-    encoder.config = encoder.config.replace(cosine_weight=lam)
-    with torch.no_grad():
-        encoder.backbone.cls_token.copy_(encoder.frozen_cls_token)
-    encoder.freeze()  # the cls embedding trains again unless λ = inf
-    info = model.config.info
-    source = info.get("backbone_source") or info.get("backbone", "unknown")
-    about = {"method": str(info.get("backbone_method", "unknown method")), "knn": info.get("backbone_knn")}
-    return encoder, f"{folder} backbone <- {source}", about  # source names the method already
-
-
-def stage_a_steps(info: dict[str, Any]) -> int:
-    """Stage A optimizer steps behind a saved model, across the --init runs it continues."""
-    return int(info.get("total_steps") or info.get("steps") or 0)
-
-
-@torch.no_grad()
-def start_from(init: RepTok, encoder: Encoder, decoder: Decoder) -> None:
-    """--init: copy a saved model's adapted [cls] embedding and decoder weights (strictly: the
-    shapes must match) into the freshly built stage-A modules."""
-    if not torch.equal(encoder.frozen_cls_token, init.encoder.frozen_cls_token.to(encoder.frozen_cls_token)):
-        raise ValueError("--init: the backbone's original [cls] embedding is not the saved model's")
-    encoder.backbone.cls_token.copy_(init.encoder.backbone.cls_token)
-    decoder.load_state_dict(init.decoder.state_dict())
-
-
-@torch.no_grad()
-def encode_dataset(
-    image_space: ImageSpace, dataset: Any, batch_size: int = 128, device: torch.device | str = "cpu"
-) -> Tensor:
-    """The image space's encoding of every item (a VAE's posterior modes), in dataset order: (N, C, S, S),
-    on `device` (where the image space is).
-
-    The VAE is frozen and stage A does not augment, so each image's latent is the same every epoch;
-    computed once, it saves the VAE encoder's pass (about a fifth of a CPU step)."""
-    chunks = []
-    for start in range(0, len(dataset), batch_size):
-        images = torch.stack(
-            [dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))]
-        )  # (b, 3, H, W)
-        chunks.append(image_space.encode(images.to(device)))
-    return torch.cat(chunks)
-
-
-def build_image_space(space: str, vae: str | None) -> tuple[ImageSpace, ImageSpaceConfig, int, int]:
-    """ImageSpace, its config, latent channels and the pixel/latent downsampling factor."""
-    if space == "pixel":
-        return ImageSpace(ImageSpaceConfig()), ImageSpaceConfig(), 3, 1
-    if vae is None:
-        raise ValueError(
-            "--space vae needs --vae (a hub name, a saved AutoencoderKL folder, or a .json config)"
-        )
-    from diffusers import AutoencoderKL
-
-    if vae.endswith(".json"):
-        vae_config = json.loads(Path(vae).read_text())
-        model, config = (
-            AutoencoderKL.from_config(vae_config),
-            ImageSpaceConfig(kind="vae", vae_config=vae_config),
-        )
-    else:
-        model = AutoencoderKL.from_pretrained(vae)
-        source = str(Path(vae).resolve()) if Path(vae).is_dir() else vae
-        config = ImageSpaceConfig(kind="vae", vae=source)
-    config = config.replace(
-        scale=float(model.config.scaling_factor), shift=float(model.config.shift_factor or 0.0)
-    )
-    factor = 2 ** (len(model.config.block_out_channels) - 1)
-    return ImageSpace(config, model), config, int(model.config.latent_channels), factor
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -389,9 +285,17 @@ def main(argv: Sequence[str] | None = None) -> Path:
         f"λ = {args.lam} | decoder {sum(p.numel() for p in decoder.parameters()) / 1e6:.1f}M"
     )
     cached = (
-        encode_dataset(image_space, dataset, device=trainer.device) if space_config.kind == "vae" else None
+        encode_dataset(image_space.encode, dataset, device=trainer.device)
+        if space_config.kind == "vae"
+        else None
     )
-    trainer.fit(trainer.batches(dataset), tokenizer_loss(args.time_schedule, cached))
+    # The cosine anchor's targets, once: only 0 < λ < inf has one.
+    anchors = (
+        encode_dataset(frozen_tokens(encoder), dataset, device=trainer.device)
+        if 0.0 < args.lam < float("inf")
+        else None
+    )
+    trainer.fit(trainer.batches(dataset), tokenizer_loss(args.time_schedule, cached, anchors))
 
     out = args.out / "model"
     if trainer.is_main:
