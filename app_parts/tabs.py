@@ -18,6 +18,10 @@ from app_parts.imaging import HELD_OUT_HELP
 from app_parts.registry import NO_MODEL_MESSAGE, Ability, ModelRegistry
 
 PROMPT_EXAMPLES = ["red apple", "smiling face with sunglasses", "blue car", "red heart"]
+# Classes of the shipped emoji model whose samples read well (the model card's class grid); the
+# Class tab opens on the first one a model has, and lists those it has as examples. Alphabetically
+# first would be "Activities", a small group whose samples are among the weakest.
+CLASS_EXAMPLES = ["face-smiling", "animal-mammal", "food-fruit", "heart", "Smileys & Emotion"]
 
 
 # ------------------------------------------------------------------------------ shared controls
@@ -202,7 +206,9 @@ def class_sampling_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
     with gr.Row():
         with gr.Column():
             names = class_names(models, models.default_for("class"))
-            name = gr.Dropdown(names, value=names[0] if names else None, label="Class")
+            examples = [c for c in CLASS_EXAMPLES if c in names]
+            opening = examples[0] if examples else (names[0] if names else None)
+            name = gr.Dropdown(names, value=opening, label="Class")
             with gr.Accordion("Settings", open=False):
                 controls = sampling_controls(models, "class")
             model = model_dropdown(models, "class")
@@ -210,6 +216,8 @@ def class_sampling_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
             expected_time(demo, app.estimate_sample, [model, controls[3], controls[5]])  # steps, n
         samples = gallery("Samples")
     sampling_defaults_follow_model(model, models, controls)
+    if examples:
+        gr.Examples([[c] for c in examples], inputs=[name], label="Classes")
     model.change(
         lambda label: gr.Dropdown(choices=class_names(models, label), value=None),
         model,

@@ -10,6 +10,7 @@ import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -194,6 +195,24 @@ def test_sampling_menus_offer_only_models_that_can_sample(model_dir: Path, tmp_p
         (["tiny"], "tiny"),  # Text prompts
         (["tokenizer-only", "class", "tiny"], "tokenizer-only"),  # Interpolation
     ]
+
+
+def test_class_tab_opens_on_an_example_class_the_model_has(model_dir: Path, tmp_path: Path) -> None:
+    """The tiny model has "Smileys & Emotion" second among its classes: the tab opens on it (the
+    first of CLASS_EXAMPLES it has) and lists it as an example; a model with none opens on its first."""
+    from app_parts.registry import ModelRegistry as Registry
+    from app_parts.tabs import CLASS_EXAMPLES
+
+    def class_menu(folder: Path) -> Any:
+        demo = build_demo(Registry([folder]), manifold_path=tmp_path / "none.npz")
+        return next(b for b in demo.blocks.values() if type(b).__name__ == "Dropdown" and b.label == "Class")
+
+    model = RepTok.from_pretrained(model_dir)
+    model.config.class_names = ["Food & Drink", "Smileys & Emotion", "Travel & Places"]
+    reordered = model.save_pretrained(tmp_path / "reordered", dtype=torch.float32)
+    assert "Smileys & Emotion" in CLASS_EXAMPLES and class_menu(reordered).value == "Smileys & Emotion"
+    model.config.class_names = ["alpha", "beta", "gamma"]
+    assert class_menu(model.save_pretrained(tmp_path / "plain", dtype=torch.float32)).value == "alpha"
 
 
 def test_sample_class(client: Client) -> None:
