@@ -18,9 +18,9 @@ from app_parts.imaging import HELD_OUT_HELP
 from app_parts.registry import NO_MODEL_MESSAGE, Ability, ModelRegistry
 
 PROMPT_EXAMPLES = ["red apple", "smiling face with sunglasses", "blue car", "red heart"]
-# Classes of the shipped emoji model whose samples read well (the model card's class grid); the
-# Class tab opens on the first one a model has, and lists those it has as examples. Alphabetically
-# first would be "Activities", a small group whose samples are among the weakest.
+# Classes of the shipped emoji model whose samples read well (rows of the model card's class grid,
+# and the faces' group); the Class tab opens on the first one a model has and lists those it has as
+# examples. Alphabetically first would be "Activities", a small group with some of the weakest samples.
 CLASS_EXAMPLES = ["face-smiling", "animal-mammal", "food-fruit", "heart", "Smileys & Emotion"]
 
 

@@ -198,21 +198,24 @@ def test_sampling_menus_offer_only_models_that_can_sample(model_dir: Path, tmp_p
 
 
 def test_class_tab_opens_on_an_example_class_the_model_has(model_dir: Path, tmp_path: Path) -> None:
-    """The tiny model has "Smileys & Emotion" second among its classes: the tab opens on it (the
-    first of CLASS_EXAMPLES it has) and lists it as an example; a model with none opens on its first."""
-    from app_parts.registry import ModelRegistry as Registry
+    """With "Smileys & Emotion" second among its classes, the tab opens on it (the first of
+    CLASS_EXAMPLES the model has) and lists it as an example; a model with none opens on its first."""
     from app_parts.tabs import CLASS_EXAMPLES
 
-    def class_menu(folder: Path) -> Any:
-        demo = build_demo(Registry([folder]), manifold_path=tmp_path / "none.npz")
-        return next(b for b in demo.blocks.values() if type(b).__name__ == "Dropdown" and b.label == "Class")
+    def blocks(folder: Path, kind: str, label: str) -> list[Any]:
+        demo = build_demo(ModelRegistry([folder]), manifold_path=tmp_path / "none.npz")
+        return [b for b in demo.blocks.values() if type(b).__name__ == kind and b.label == label]
 
     model = RepTok.from_pretrained(model_dir)
     model.config.class_names = ["Food & Drink", "Smileys & Emotion", "Travel & Places"]
     reordered = model.save_pretrained(tmp_path / "reordered", dtype=torch.float32)
-    assert "Smileys & Emotion" in CLASS_EXAMPLES and class_menu(reordered).value == "Smileys & Emotion"
+    assert "Smileys & Emotion" in CLASS_EXAMPLES
+    assert [m.value for m in blocks(reordered, "Dropdown", "Class")] == ["Smileys & Emotion"]
+    assert [d.samples for d in blocks(reordered, "Dataset", "Classes")] == [[["Smileys & Emotion"]]]
     model.config.class_names = ["alpha", "beta", "gamma"]
-    assert class_menu(model.save_pretrained(tmp_path / "plain", dtype=torch.float32)).value == "alpha"
+    plain = model.save_pretrained(tmp_path / "plain", dtype=torch.float32)
+    assert [m.value for m in blocks(plain, "Dropdown", "Class")] == ["alpha"]
+    assert blocks(plain, "Dataset", "Classes") == []
 
 
 def test_sample_class(client: Client) -> None:
