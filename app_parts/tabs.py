@@ -112,6 +112,11 @@ def class_names(models: ModelRegistry, label: str | None) -> list[str]:
     return [*(config.class_groups or {}), *(config.class_names or [])]  # groups (categories) first
 
 
+def opening_class(names: list[str]) -> str | None:
+    """The class a model's menu opens on: the first of CLASS_EXAMPLES it has, else its first."""
+    return next((c for c in CLASS_EXAMPLES if c in names), names[0] if names else None)
+
+
 def sampling_controls(models: ModelRegistry, can: Ability) -> list[Any]:
     """cfg, interval lo/hi, steps, seed, n, generator T: shared by the class and text tabs."""
     label = models.default_for(can)
@@ -207,8 +212,7 @@ def class_sampling_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
         with gr.Column():
             names = class_names(models, models.default_for("class"))
             examples = [c for c in CLASS_EXAMPLES if c in names]
-            opening = examples[0] if examples else (names[0] if names else None)
-            name = gr.Dropdown(names, value=opening, label="Class")
+            name = gr.Dropdown(names, value=opening_class(names), label="Class")
             with gr.Accordion("Settings", open=False):
                 controls = sampling_controls(models, "class")
             model = model_dropdown(models, "class")
@@ -218,8 +222,12 @@ def class_sampling_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
     sampling_defaults_follow_model(model, models, controls)
     if examples:
         gr.Examples([[c] for c in examples], inputs=[name], label="Classes")
+    def menu_for(label: str | None) -> gr.Dropdown:
+        names = class_names(models, label)
+        return gr.Dropdown(choices=names, value=opening_class(names))  # not empty: Sample works at once
+
     model.change(
-        lambda label: gr.Dropdown(choices=class_names(models, label), value=None),
+        menu_for,
         model,
         name,
         api_visibility="private",

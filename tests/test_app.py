@@ -216,6 +216,14 @@ def test_class_tab_opens_on_an_example_class_the_model_has(model_dir: Path, tmp_
     plain = model.save_pretrained(tmp_path / "plain", dtype=torch.float32)
     assert [m.value for m in blocks(plain, "Dropdown", "Class")] == ["alpha"]
     assert blocks(plain, "Dataset", "Classes") == []
+    # Picking a model in the tab's menu refills the class menu and opens it the same way (not empty).
+    registry = ModelRegistry([plain, reordered])
+    demo = build_demo(registry, manifold_path=tmp_path / "none.npz")
+    (menu,) = [b for b in demo.blocks.values() if type(b).__name__ == "Dropdown" and b.label == "Class"]
+    (refill,) = [f for f in demo.fns.values() if [o._id for o in f.outputs] == [menu._id]]
+    key = {Path(e.path).name: e.key for e in registry.entries.values()}
+    for folder, opening in (("reordered", "Smileys & Emotion"), ("plain", "alpha")):
+        assert refill.fn(key[folder]).value == opening
 
 
 def test_sample_class(client: Client) -> None:
