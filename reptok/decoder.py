@@ -39,6 +39,11 @@ class DecoderConfig(Config):
     mapping_width: int = 256  # width of the time-conditioning mapping network
     mapping_depth: int = 2
     mapping_ff_mult: int = 3
+    # > 0: a linear map of z to a (token_map_channels, S, S) grid, patchified and added to each patch's
+    # embedding, so every position reads its own linear view of z at the input (the concat token
+    # alone reaches a patch only through attention, the same value for every position); 0 is the
+    # paper's decoder. Zero-initialised on the embedding side: a decoder with it starts as one without.
+    token_map_channels: int = 0
     # Official checkpoints run time the other way (t = 1 is noise, v = noise − x); True converts
     # at this model's boundary so the rest of the library keeps one convention.
     time_reversed: bool = False
@@ -73,6 +78,17 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
     # emoji tokenizer uses.
     "xs2-latent16": DecoderConfig(
         token_dim=192, in_channels=4, input_size=16, patch_size=2, width=256, depth=4, head_dim=64
+    ),
+    # The same with a 16-channel token map (0.8 M parameters more, negligible compute).
+    "xs2-latent16-map": DecoderConfig(
+        token_dim=192,
+        in_channels=4,
+        input_size=16,
+        patch_size=2,
+        width=256,
+        depth=4,
+        head_dim=64,
+        token_map_channels=16,
     ),
     # The official ImageNet-256 decoder: SD-VAE latents 4×32×32, 2×2 patches, DINOv2-B token.
     "reptok-xl-imagenet256": DecoderConfig(
@@ -268,6 +284,10 @@ class Decoder(nn.Module):
         c, p, w = config.in_channels, config.patch_size, config.width
         self.token_proj = TokenProjection(config.token_dim, w)
         self.patch_embed = nn.Linear(c * p * p, w, bias=False)
+        m = config.token_map_channels
+        if m:
+            self.token_map = nn.Linear(config.token_dim, m * config.input_size**2)
+            self.token_map_embed = nn.Linear(m * p * p, w, bias=False)
         self.joint_proj = nn.Linear(w, w, bias=False)  # over [token, patches], after the concat
         self.time_embed = TimeEmbedding(config.mapping_width, config.mapping_depth, config.mapping_ff_mult)
         self.layers = nn.ModuleList([Layer(config) for _ in range(config.depth)])
@@ -292,6 +312,8 @@ class Decoder(nn.Module):
         nn.init.zeros_(self.token_proj.fc.weight)  # token enters as z itself (padded)
         nn.init.zeros_(self.token_proj.fc.bias)
         nn.init.zeros_(self.out_proj.weight)  # output v = 0
+        if self.config.token_map_channels:
+            nn.init.zeros_(self.token_map_embed.weight)  # token map off: the decoder without it
 
     def forward(self, x_t: Tensor, t: Tensor, z: Tensor) -> Tensor:
         """x_t (B, C, S, S), t (B,), z (B, 1, D) -> v (B, C, S, S)."""
@@ -300,7 +322,13 @@ class Decoder(nn.Module):
         if cfg.time_reversed:
             t = 1.0 - t  # official convention: t = 1 is noise
         patches = rearrange(x_t, "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)  # (B, g², p²C)
-        x = torch.cat([self.token_proj(z), self.patch_embed(patches)], dim=1)  # (B, 1 + g², W)
+        x_patches = self.patch_embed(patches)  # (B, g², W)
+        if cfg.token_map_channels:
+            m, s = cfg.token_map_channels, cfg.input_size
+            grid = self.token_map(z[:, 0]).view(-1, m, s, s)  # (B, M, S, S)
+            grid = rearrange(grid, "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)  # (B, g², p²M)
+            x_patches = x_patches + self.token_map_embed(grid.to(x_patches.dtype))
+        x = torch.cat([self.token_proj(z), x_patches], dim=1)  # (B, 1 + g², W)
         x = self.joint_proj(x)
         cond = self.time_embed(t).to(x.dtype)  # (B, mapping_width)
         for layer in self.layers:

@@ -14,7 +14,7 @@ from reptok.generator import MIXER_PRESETS, TEXT_PRESETS, MixerGenerator, TextGe
 from tests.helpers import TINY_VAE_CONFIG, randomize_
 
 CPU_PRESETS_ENC = ["test", "vit-s8-64px"]  # the hub presets need the network
-CPU_PRESETS_DEC = ["test", "s4-64px"]
+CPU_PRESETS_DEC = ["test", "s4-64px", "xs2-latent16-map"]
 
 
 # ----------------------------------------------------------------------------------- encoder
@@ -146,6 +146,27 @@ def test_time_reversed_decoder_is_the_official_convention_converted() -> None:
     x, t, z = torch.randn(2, 3, 32, 32), torch.rand(2), torch.randn(2, 1, cfg.token_dim)
     # official(t) = -ours(1 - t): same network, time and velocity flipped at the boundary
     torch.testing.assert_close(official(x, t, z), -ours(x, 1 - t, z))
+
+
+def test_token_map_starts_closed_and_reads_the_token() -> None:
+    """A decoder given a token map starts as the same decoder without one (its embedding is
+    zero-initialised), which is what lets --init add it to a trained decoder; once open, the map
+    makes the output depend on z through every patch."""
+    cfg = DECODER_PRESETS["test"]
+    plain = Decoder(cfg)
+    randomize_(plain)
+    mapped = Decoder(cfg.replace(token_map_channels=2))
+    assert set(mapped.state_dict()) - set(plain.state_dict()) == {
+        "token_map.weight", "token_map.bias", "token_map_embed.weight"
+    }  # fmt: skip
+    mapped.load_state_dict(mapped.state_dict() | plain.state_dict())
+    x, t, z = torch.randn(2, 3, 32, 32), torch.rand(2), torch.randn(2, 1, cfg.token_dim)
+    torch.testing.assert_close(mapped(x, t, z), plain(x, t, z))
+    with torch.no_grad():
+        mapped.token_map_embed.weight.normal_(std=0.1)
+    z2 = torch.randn_like(z)
+    gain, gain2 = mapped(x, t, z) - plain(x, t, z), mapped(x, t, z2) - plain(x, t, z2)  # (B, C, S, S)
+    assert float(gain.abs().min(dim=0).values.mean()) > 0 and not torch.allclose(gain, gain2)
 
 
 def test_decoder_config_validation() -> None:

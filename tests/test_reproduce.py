@@ -60,8 +60,9 @@ def test_recipe_exports_every_ablation_row_evaluated(
     main = json.loads((models / "reptok-emoji" / "config.json").read_text())
     assert main["text_generator"] is not None and main["class_generator"] is not None
     twin = json.loads((models / "dae-lam1" / "config.json").read_text())
-    # MAIN_TOK (6 steps), continued by MAIN_TOK_MORE (3 steps, --init, the last 2 decaying), vs TOK (4)
-    assert (main["info"]["steps"], main["info"]["init_steps"], main["info"]["total_steps"]) == (3, 6, 9)
+    # MAIN_TOK (6 steps, the last 2 decaying, with a token map), vs TOK (4)
+    assert main["info"]["steps"] == 6 and main["info"]["decay_steps"] == 2 and "init" not in main["info"]
+    assert main["decoder"]["token_map_channels"] == 2 and twin["decoder"]["token_map_channels"] == 0
     assert main["sampling"]["decode_shift"] == 0.5  # SHIP_SHIFT, and evaluated with it:
     assert json.loads((models / "reptok-emoji" / "metrics.json").read_text())["decode_shift"] == 0.5
     assert main["sampling"]["generate_temperature"] == 0.7  # SHIP_GEN_T, and evaluated with it:
@@ -121,7 +122,10 @@ def test_recipe_prints_both_tables_and_skips_finished_steps(
     # Equal budgets in the tables: the main model's same-budget twin fills its rows, the main gets a line.
     assert "| random init | `random-lam1` |" in done.stdout and "| DINO-style | `dino-lam1` |" in done.stdout
     assert "| 1 | `dae-lam1` |" in done.stdout and "`reptok-emoji` |" not in done.stdout
-    assert "The default model `reptok-emoji` (same backbone and λ, stage A 9 steps" in done.stdout
+    assert (
+        "The default model `reptok-emoji` (same backbone and λ, stage A 6 steps instead of the rows' budget, "
+        "a decoder with a 2-channel token map)" in done.stdout
+    )
     assert "| ∞ (frozen) | `dae-laminf` |" in done.stdout and "| DAE-style | `dae-lam1` |" in done.stdout
     assert "Seed noise: `dae-lam1` trained again with seed 1 differs by PSNR" in done.stdout
     # A second call finds every output and redoes nothing.

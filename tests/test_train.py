@@ -395,3 +395,15 @@ def test_stage_a_init_continues_a_saved_models_token_and_decoder(
         train_tokenizer.main(stage_a_args(data_dir, tmp_path / "more", *init, "--steps", "2"))
     )
     assert not torch.equal(more.encoder.backbone.cls_token, source.encoder.backbone.cls_token)
+    # A token map added on --init starts closed: the continued decoder starts as the saved one.
+    mapped = RepTok.from_pretrained(
+        train_tokenizer.main(
+            stage_a_args(data_dir, tmp_path / "map", *init, "--token-map-channels", "2", "--steps", "0")
+        )
+    )
+    assert mapped.decoder.config.token_map_channels == 2
+    cfg = source.decoder.config
+    x, t = torch.randn(2, cfg.in_channels, cfg.input_size, cfg.input_size), torch.rand(2)
+    z = torch.randn(2, 1, cfg.token_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(mapped.decoder(x, t, z), source.decoder(x, t, z))

@@ -36,6 +36,7 @@ class Row:
     knn: dict[str, float] | None
     steps: int | None  # stage A optimizer steps
     metrics: dict[str, Any]
+    token_map_channels: int = 0  # the decoder's token map (0: the paper's decoder)
 
     def fd(self, kind: str) -> float | None:
         """rFD / gFD, whatever feature space metrics.json names."""
@@ -61,6 +62,7 @@ def read_rows(export: Path) -> list[Row]:
                 knn=info.get("backbone_knn"),
                 steps=info.get("total_steps", info.get("steps")),
                 metrics=json.loads(metrics_path.read_text()),
+                token_map_channels=int(config["decoder"].get("token_map_channels", 0)),
             )
         )
     return rows
@@ -161,9 +163,12 @@ def main_line(main: Row) -> str:
     )  # fmt: skip
     if m.get("identification") is not None:
         text += f", identification {_pct(m['identification'])}"
+    decoder = (
+        f", a decoder with a {main.token_map_channels}-channel token map" if main.token_map_channels else ""
+    )
     return (
         f"The default model `{main.name}` (same backbone and λ, stage A {main.steps} steps instead of the "
-        f"rows' budget): {text}."
+        f"rows' budget{decoder}): {text}."
     )
 
 

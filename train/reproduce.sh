@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
 # Every command that makes the shipped emoji models, in order, at one scale:
 #
-#   bash train/reproduce.sh cpu     2 CPU cores, JOBS=2. Not yet run end to end on this machine. At the
-#                                   step rates measured with nothing else running (session 13; stage A
-#                                   1.15x faster since session 14 caches its cosine anchors), about
-#                                   3.7 h: VAE beside the DAE backbone 22 min, the other backbones beside
-#                                   the default's first stage A 24 min, the rows 26 min, its continuation
-#                                   alone on both cores 74 min, generators 54 min (the class generator's
-#                                   24,000 steps 18 of them), export and evaluation 20 min: over the
-#                                   2.5 h aim
+#   bash train/reproduce.sh cpu     2 CPU cores, JOBS=2. Not yet run end to end. An estimate from step
+#                                   rates measured with nothing else running (sessions 13 and 16), about
+#                                   2.8 h: VAE beside the DAE backbone 22 min, the other backbones 14 min,
+#                                   the default's stage A alone on both cores 34 min (session 16), the
+#                                   rows beside its class generator 44 min, the text generator beside the
+#                                   rows' class generators 35 min, export and evaluation 20 min: over the
+#                                   2.5 h aim (it was 3.7 h before the default's stage A became one
+#                                   4,000-step bf16 run with a token map)
 #   bash train/reproduce.sh gpu     one GPU: the gpu-* presets, the λ sweep and backbone runs side by side
 #   bash train/reproduce.sh test    tiny presets, seconds (tests/test_reproduce.py)
 #
 # A step whose output exists is skipped, so a killed run continues where it stopped (each script
 # also resumes from its own checkpoint with --resume). Environment: DATA (emoji .npz), RUNS (output
-# root, default runs/<scale>), JOBS (steps run side by side), STAGE (stop after: backbones (with the
-# default model's stage A, which runs beside them), tokenizers, generators, export; default: all,
+# root, default runs/<scale>), JOBS (steps run side by side), STAGE (stop after: backbones, tokenizers
+# (the default model's stage A and the rows'), generators, export; default: all,
 # then evaluate the export and print the tables), LAMBDAS and DEFAULT_LAM (the λ sweep and the main
 # model's λ), TRAIN_FLAGS (added to every training command, e.g. "--max-minutes 8" on a machine
 # lent for a fixed time). Each step and stage prints its wall time.
@@ -26,7 +26,6 @@
 #   tok-<backbone>-lam<λ>              stage A: λ sweep on the main backbone, the others at the default λ
 #   gen-<backbone>-lam<λ>              stage B: class generator (subcategories) per tokenizer
 #   tok-main, gen-main                 the default model's own stage A and class generator, where the
-#   tok-main-more                      (cpu) the default model's stage A continued from tok-main (--init)
 #                                      scale gives it a longer preset than the ablations (cpu); else the
 #                                      ablation run on the main backbone at the default λ is the default
 #   main                               the default model's text generator; export/ every model
@@ -59,11 +58,13 @@ case $scale in
     MAIN=dae
     # The ablation rows get equal, short budgets (cpu-xs, 400 steps: 13 min each on one core beside
     # another job; the model card's tables); the default model a longer run (cpu-main).
-    VAE=(--preset cpu) PRE=(--preset cpu-s) TOK=(--preset cpu-xs --steps 400) MAIN_TOK=(--preset cpu-main) GEN=(--preset cpu-xs)
-    # The default model's stage A continues from its cpu-main run (--init: its adapted [cls] and
-    # decoder) for MAIN_TOK_MORE steps, the last 3,000 with the LR decaying to 0 (the cooldown of a
-    # warmup-stable-decay schedule): the shipped one was trained in these two runs.
-    MAIN_TOK_MORE=(--preset cpu-main --steps 10200 --decay-steps 3000)
+    VAE=(--preset cpu) PRE=(--preset cpu-s) TOK=(--preset cpu-xs --steps 400) GEN=(--preset cpu-xs)
+    # The default model's stage A: one run of 4,000 steps, the last 1,200 with the LR decaying to 0
+    # (the cooldown of a warmup-stable-decay schedule), in bf16 autocast, with a 16-channel token map
+    # in the decoder (a per-position linear read-out of z at its input). Session 16: 16.29 dB / 92.9 %
+    # identification in 34 min on both cores, where session 9's two fp32 runs of 11,310 steps without
+    # the map (about 2.5 h) gave 16.05 dB / 90.7 % and one run of 4,000 without it 15.65 dB / 83.8 %.
+    MAIN_TOK=(--preset cpu-main --precision bf16)
     # The default model's generators: longer runs than the ablation rows', with the same cooldown.
     # (The class generator: 24,000 steps, session 14: at T = 0.4 its class probe 42.0 % against the
     # 6,000-step one's 33.2 % at T = 0.7, gFD 0.059 against 0.067; 18 min on both cores.)
@@ -80,14 +81,14 @@ case $scale in
   gpu)
     MAIN=dae
     VAE=(--preset gpu) PRE=(--preset gpu-s) TOK=(--preset gpu-b) MAIN_TOK=("${TOK[@]}") GEN=(--preset gpu-b) EVAL=() SHIP_STEPS=8
-    MAIN_TOK_MORE=() MAIN_GEN=("${GEN[@]}") MAIN_TEXT=("${GEN[@]}") SHIP_TAU=1 SHIP_SHIFT=1 SHIP_CFG=1.5 SHIP_GEN_T=1
+    MAIN_GEN=("${GEN[@]}") MAIN_TEXT=("${GEN[@]}") SHIP_TAU=1 SHIP_SHIFT=1 SHIP_CFG=1.5 SHIP_GEN_T=1
     declare -A PRE_STEPS=([dino]=3000 [mae]=6000 [clip]=2500 [dae]=6000 [random]=0)
     FEATURES_METHOD=dino
     ;;
   test)
     MAIN=dae
-    VAE=(--preset test) PRE=(--preset test) TOK=(--preset test) MAIN_TOK=(--preset test --steps 6) GEN=(--preset test)
-    MAIN_TOK_MORE=(--preset test --steps 3 --decay-steps 2) MAIN_GEN=("${GEN[@]}") MAIN_TEXT=("${GEN[@]}")
+    VAE=(--preset test) PRE=(--preset test) TOK=(--preset test) GEN=(--preset test)
+    MAIN_TOK=(--preset test --steps 6 --decay-steps 2 --token-map-channels 2) MAIN_GEN=("${GEN[@]}") MAIN_TEXT=("${GEN[@]}")
     EVAL=(--n 8) SHIP_STEPS=2 SHIP_TAU=0.7 SHIP_SHIFT=0.5 SHIP_CFG=2.5 SHIP_GEN_T=0.7
     declare -A PRE_STEPS=([dino]=2 [mae]=2 [clip]=2 [dae]=2 [random]=0)
     FEATURES_METHOD=mae
@@ -131,9 +132,7 @@ if [[ "${MAIN_TOK[*]}" != "${TOK[*]}" ]]; then
 else
   OWN_MAIN=0 MAIN_TOK_RUN=$(tok "$MAIN" "$DEFAULT_LAM") MAIN_GEN_RUN=$(gen "$MAIN" "$DEFAULT_LAM")
 fi
-# The default model's final tokenizer: its continuation run's, where the scale has one.
 MAIN_TOK_MODEL=$MAIN_TOK_RUN/model
-(( OWN_MAIN && ${#MAIN_TOK_MORE[@]} )) && MAIN_TOK_MODEL=$RUNS/tok-main-more/model
 
 # The runs: the λ sweep on the main backbone, the other backbones at the default λ.
 BACKBONES=(random clip mae dino dae)
@@ -156,28 +155,33 @@ backbone() {
 backbone "$MAIN"
 finish
 
-# 2. The default model's own stage A beside the other backbones and a separate feature network for
-#    the Fréchet distances (another seed: none of the compared backbones measures itself).
-if (( OWN_MAIN )); then
-  run tok-main "$MAIN_TOK_RUN/log.jsonl" \
-    python train/train_tokenizer.py "${MAIN_TOK[@]}" --data "$DATA" --backbone "$RUNS/backbones/$MAIN" \
-    "${SPACE[@]}" --lam "$DEFAULT_LAM" --out "$MAIN_TOK_RUN" --resume "${EXTRA[@]}"
-fi
+# 2. The other backbones and a separate feature network for the Fréchet distances (another seed: none
+#    of the compared backbones measures itself).
 for b in "${BACKBONES[@]}"; do [[ $b == "$MAIN" ]] || backbone "$b"; done
 run features "$RUNS/features/log.jsonl" \
   python train/pretrain_backbone.py --method "$FEATURES_METHOD" "${PRE[@]}" \
   --steps "${PRE_STEPS[$FEATURES_METHOD]}" --seed 1 --data "$DATA" --out "$RUNS/features" --resume "${EXTRA[@]}"
 finish; stop_after backbones
 
-# 3. Stage A of the ablation rows ([cls] embedding + decoder), and the default model's class generator
-#    (or, where it has a continuation, that continuation alone afterwards).
+# 3. The default model's own stage A, the recipe's longest step, alone on every core: one process on
+#    both cores runs as many stage-A steps as two one-core lanes together (62.5 against 33 + 33
+#    images/s, session 13), so beside other steps it would take twice as long and leave a lane idle.
 ALL_THREADS=$((JOBS * ${OMP_NUM_THREADS:-1}))
+if (( OWN_MAIN )); then
+  run tok-main "$MAIN_TOK_RUN/log.jsonl" \
+    env OMP_NUM_THREADS="$ALL_THREADS" python train/train_tokenizer.py "${MAIN_TOK[@]}" --data "$DATA" \
+    --backbone "$RUNS/backbones/$MAIN" "${SPACE[@]}" --lam "$DEFAULT_LAM" --out "$MAIN_TOK_RUN" \
+    --resume "${EXTRA[@]}"
+  finish
+fi
+
+# 4. Stage A of the ablation rows ([cls] embedding + decoder), beside the default model's class generator.
 main_class_generator() {
   run gen-main "$MAIN_GEN_RUN/log.jsonl" \
     env OMP_NUM_THREADS="$1" python train/train_generator.py "${MAIN_GEN[@]}" --data "$DATA" \
     --tokenizer "$MAIN_TOK_MODEL" --cond class --label subcategory --out "$MAIN_GEN_RUN" --resume "${EXTRA[@]}"
 }
-(( OWN_MAIN && ! ${#MAIN_TOK_MORE[@]} )) && main_class_generator "${OMP_NUM_THREADS:-1}"
+(( OWN_MAIN )) && main_class_generator "${OMP_NUM_THREADS:-1}"
 for pair in "${PAIRS[@]}"; do
   b=${pair%%:*} lam=${pair##*:}
   run "tok-$b-lam$lam" "$(tok "$b" "$lam")/log.jsonl" \
@@ -189,22 +193,11 @@ run "tok-$MAIN-lam$DEFAULT_LAM-seed1" "$SEED_TWIN/log.jsonl" \
   python train/train_tokenizer.py "${TOK[@]}" --data "$DATA" --backbone "$RUNS/backbones/$MAIN" \
   "${SPACE[@]}" --lam "$DEFAULT_LAM" --seed 1 --out "$SEED_TWIN" --resume "${EXTRA[@]}"
 finish
-# The default model's stage-A continuation, the recipe's longest step, alone on every core: one process
-# on both cores runs as many stage-A steps as two one-core lanes together (62.5 against 33 + 33 images/s,
-# session 13), so beside the rows it would take twice as long and leave the other lane idle at the end.
-if (( OWN_MAIN && ${#MAIN_TOK_MORE[@]} )); then
-  run tok-main-more "$RUNS/tok-main-more/log.jsonl" \
-    env OMP_NUM_THREADS="$ALL_THREADS" python train/train_tokenizer.py "${MAIN_TOK_MORE[@]}" --data "$DATA" \
-    --init "$MAIN_TOK_RUN/model" "${SPACE[@]}" --lam "$DEFAULT_LAM" --out "$RUNS/tok-main-more" \
-    --resume "${EXTRA[@]}"
-  finish
-fi
 stop_after tokenizers
 
-# 4. Stage B: a class generator per ablation row (each row's gFD needs one); the default model's text
+# 5. Stage B: a class generator per ablation row (each row's gFD needs one); the default model's text
 #    generator, beside them when its class generator is done (its own run), else after them.
 MAIN_RUN=$RUNS/main
-if (( OWN_MAIN && ${#MAIN_TOK_MORE[@]} )); then main_class_generator "$ALL_THREADS"; finish; fi  # alone too
 text_generator() {
   run main-text "$MAIN_RUN/log.jsonl" \
     env OMP_NUM_THREADS="$1" python train/train_generator.py "${MAIN_TEXT[@]}" --data "$DATA" \
@@ -221,7 +214,7 @@ finish
 if (( ! OWN_MAIN )); then text_generator "$ALL_THREADS"; finish; fi
 stop_after generators
 
-# 4. Export for evaluation: fp16 weights (each backbone once) with every generator, and the feature
+# 6. Export for evaluation: fp16 weights (each backbone once) with every generator, and the feature
 #    network. The main model first (the app's default), then every ablation row (with its own run on
 #    the main backbone at the default λ, when the default model had a longer one).
 EXPORT=(--model "reptok-emoji=$MAIN_RUN/model")
@@ -236,7 +229,7 @@ run export "$RUNS/export/features/config.json" \
   --decode-shift "$SHIP_SHIFT" --cfg-scale "$SHIP_CFG" --generate-temperature "$SHIP_GEN_T"
 finish; stop_after export
 
-# 5. Evaluate what ships, on the held-out split: metrics.json next to each exported model's weights,
+# 7. Evaluate what ships, on the held-out split: metrics.json next to each exported model's weights,
 #    so the model card's numbers are re-measured from the exported files alone. The seed twin (not
 #    shipped) is evaluated from its run folder: its reconstruction metrics give the noise band.
 [[ -f $UNSEEN ]] && EVAL+=(--unseen-data "$UNSEEN")
@@ -252,7 +245,7 @@ run "eval-seed1" "$SEED_TWIN/model/metrics.json" \
   --cfg-scale "$SHIP_CFG" --generate-temperature "$SHIP_GEN_T" "${EVAL[@]}"  # as the exported rows
 finish
 
-# 6. What ships: the main model whole; every ablation row as its tokenizer alone (the app only
+# 8. What ships: the main model whole; every ablation row as its tokenizer alone (the app only
 #    reconstructs with them, and assets/ stays under 200 MB), with the metrics.json measured above
 #    with its class generator; the feature network; the manifold of the main backbone's λ settings.
 SHIP=(--model "reptok-emoji=$RUNS/export/models/reptok-emoji") ONLY=()

@@ -78,11 +78,15 @@ def stage_a_steps(info: dict[str, Any]) -> int:
 @torch.no_grad()
 def start_from(init: RepTok, encoder: Encoder, decoder: Decoder) -> None:
     """--init: copy a saved model's adapted [cls] embedding and decoder weights (strictly: the
-    shapes must match) into the freshly built stage-A modules."""
+    shapes must match) into the freshly built stage-A modules. The one exception: a decoder given a
+    token map the saved one lacks keeps its fresh map, which starts closed (zero embedding)."""
     if not torch.equal(encoder.frozen_cls_token, init.encoder.frozen_cls_token.to(encoder.frozen_cls_token)):
         raise ValueError("--init: the backbone's original [cls] embedding is not the saved model's")
     encoder.backbone.cls_token.copy_(init.encoder.backbone.cls_token)
-    decoder.load_state_dict(init.decoder.state_dict())
+    state = init.decoder.state_dict()
+    if decoder.config.token_map_channels and not init.decoder.config.token_map_channels:
+        state |= {k: v for k, v in decoder.state_dict().items() if k.startswith("token_map")}
+    decoder.load_state_dict(state)
 
 
 @torch.no_grad()

@@ -113,17 +113,19 @@ PRESETS: dict[str, TokenizerPreset] = {
         ),
         cls_lr_scale=10.0,
     ),
-    # 2 CPU cores, the default model: the cpu-xs run, longer. The shipped one ran 1,110 steps in 40 min
-    # on both cores (2.2 s/step, --max-minutes 40; the LR is constant after warmup, so the stop is the
-    # schedule of a 1,110-step run); on one core beside another job a step takes 3.2 s.
+    # 2 CPU cores, the default model: the cpu-xs run, longer, its decoder with a token map (at 400
+    # steps it took identification from 43 to 84 %), the last 1,200 steps cooling down. The shipped
+    # one: 34 min on both cores with --precision bf16 (AMD EPYC with avx512_bf16; fp32 is the
+    # default, as bf16 autocast is slow on CPUs without native bf16).
     "cpu-main": TokenizerPreset(
         encoder="vit-s8-64px",
-        decoder=DECODER_PRESETS["xs2-latent16"],
+        decoder=DECODER_PRESETS["xs2-latent16-map"],
         train=TrainConfig(
-            steps=1110,
+            steps=4000,
             batch_size=32,
             lr=1e-3,
             warmup_steps=100,
+            decay_steps=1200,
             log_every=100,
             ckpt_every=500,
             ema_decay=0.999,
@@ -207,6 +209,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="decoder preset instead of the preset's own decoder",
     )  # fmt: skip
     parser.add_argument(
+        "--token-map-channels", type=int, default=None,
+        help="decoder token map channels instead of the decoder's own (0 = off; with --init, a new "
+        "map starts closed, so the continued decoder starts as the saved one)",
+    )  # fmt: skip
+    parser.add_argument(
         "--lam", type=float, default=preset.lam, help=f"cosine weight λ; inf = frozen token ({preset.lam})"
     )
     parser.add_argument(
@@ -255,6 +262,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     decoder_config = (init.config.decoder if init is not None else base).replace(
         token_dim=encoder.dim, in_channels=channels, input_size=args.image_size // factor
     )
+    if args.token_map_channels is not None:
+        decoder_config = decoder_config.replace(token_map_channels=args.token_map_channels)
     decoder = Decoder(decoder_config)
     if init is not None:
         start_from(init, encoder, decoder)
@@ -326,6 +335,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
                     "backbone_knn": backbone_about["knn"],
                     "lam": args.lam,
                     "steps": trainer.step,
+                    "decay_steps": cfg.decay_steps,
+                    "precision": cfg.precision,
                     "batch_size": cfg.batch_size * trainer.world_size,
                     "device": f"{trainer.device} x{trainer.world_size}",
                     "wall_time_s": round(trainer.elapsed_s, 1),
