@@ -222,6 +222,7 @@ def class_sampling_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
     sampling_defaults_follow_model(model, models, controls)
     if examples:
         gr.Examples([[c] for c in examples], inputs=[name], label="Classes")
+
     def menu_for(label: str | None) -> gr.Dropdown:
         names = class_names(models, label)
         return gr.Dropdown(choices=names, value=opening_class(names))  # not empty: Sample works at once

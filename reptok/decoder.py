@@ -79,17 +79,6 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
     "xs2-latent16": DecoderConfig(
         token_dim=192, in_channels=4, input_size=16, patch_size=2, width=256, depth=4, head_dim=64
     ),
-    # The same with a 16-channel token map (0.8 M parameters more, negligible compute).
-    "xs2-latent16-map": DecoderConfig(
-        token_dim=192,
-        in_channels=4,
-        input_size=16,
-        patch_size=2,
-        width=256,
-        depth=4,
-        head_dim=64,
-        token_map_channels=16,
-    ),
     # The official ImageNet-256 decoder: SD-VAE latents 4×32×32, 2×2 patches, DINOv2-B token.
     "reptok-xl-imagenet256": DecoderConfig(
         token_dim=768,
@@ -105,6 +94,9 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
         time_reversed=True,
     ),
 }
+# xs2-latent16 with a 16-channel token map (0.8 M parameters more, hardly any compute): the default
+# emoji tokenizer's decoder since session 16.
+DECODER_PRESETS["xs2-latent16-map"] = DECODER_PRESETS["xs2-latent16"].replace(token_map_channels=16)
 
 
 def rms_norm(x: Tensor, scale: Tensor, eps: float = 1e-6) -> Tensor:
