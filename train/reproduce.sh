@@ -63,7 +63,8 @@ case $scale in
     # (the cooldown of a warmup-stable-decay schedule), in bf16 autocast, with a 16-channel token map
     # in the decoder (a per-position linear read-out of z at its input). Session 16: 16.29 dB / 92.9 %
     # identification in 34 min on both cores, where session 9's two fp32 runs of 11,310 steps without
-    # the map (about 2.5 h) gave 16.05 dB / 90.7 % and one run of 4,000 without it 15.65 dB / 83.8 %.
+    # the map (171 min as trained, ~94 alone) gave 16.05 dB / 90.7 %, and one bf16 run of 4,000 steps
+    # without it 15.67 dB / 85.0 % (session 14).
     MAIN_TOK=(--preset cpu-main --precision bf16)
     # The default model's generators: longer runs than the ablation rows', with the same cooldown.
     # (The class generator: 24,000 steps, session 14: at T = 0.4 its class probe 42.0 % against the
@@ -132,7 +133,6 @@ if [[ "${MAIN_TOK[*]}" != "${TOK[*]}" ]]; then
 else
   OWN_MAIN=0 MAIN_TOK_RUN=$(tok "$MAIN" "$DEFAULT_LAM") MAIN_GEN_RUN=$(gen "$MAIN" "$DEFAULT_LAM")
 fi
-MAIN_TOK_MODEL=$MAIN_TOK_RUN/model
 
 # The runs: the λ sweep on the main backbone, the other backbones at the default λ.
 BACKBONES=(random clip mae dino dae)
@@ -179,7 +179,7 @@ fi
 main_class_generator() {
   run gen-main "$MAIN_GEN_RUN/log.jsonl" \
     env OMP_NUM_THREADS="$1" python train/train_generator.py "${MAIN_GEN[@]}" --data "$DATA" \
-    --tokenizer "$MAIN_TOK_MODEL" --cond class --label subcategory --out "$MAIN_GEN_RUN" --resume "${EXTRA[@]}"
+    --tokenizer "$MAIN_TOK_RUN/model" --cond class --label subcategory --out "$MAIN_GEN_RUN" --resume "${EXTRA[@]}"
 }
 (( OWN_MAIN )) && main_class_generator "${OMP_NUM_THREADS:-1}"
 for pair in "${PAIRS[@]}"; do
