@@ -178,6 +178,8 @@ def test_stage_b_class_then_text_samples(tokenizer_run: Path, data_dir: Path, tm
 
     model = RepTok.from_pretrained(both)
     assert model.config.class_names == ["circle", "square"]
+    info = model.config.info["class_generator"]  # how it was trained, as the tokenizer's info says
+    assert info["decay_steps"] == 0 and info["precision"] == "auto" and info["steps"] > 0
     assert not (both / "backbone.safetensors").exists()  # referenced from the stage-A folder, not copied
     assert model.config.backbone_file.startswith("../")
     kwargs = {"steps": 2, "decode_steps": 2, "output_type": "pt"}
