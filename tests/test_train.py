@@ -233,6 +233,27 @@ def test_vae_trains_a_latent_space_that_stage_a_runs_in(data_dir: Path, tmp_path
     assert model.reconstruct(torch.zeros(1, 3, 32, 32), steps=1, output_type="pt").shape == (1, 3, 32, 32)
 
 
+def test_vae_decoder_finetune_keeps_the_latent_space(data_dir: Path, tmp_path: Path) -> None:
+    from diffusers import AutoencoderKL
+
+    base_dir = train_vae.main(["--preset", "test", "--data", str(data_dir), "--out", str(tmp_path / "vae")])
+    argv = ["--preset", "test", "--finetune-decoder", str(base_dir), "--crop-size", "0", "--lr", "1e-2"]
+    tuned_dir = train_vae.main([*argv, "--data", str(data_dir), "--out", str(tmp_path / "ft")])
+    base, tuned = AutoencoderKL.from_pretrained(base_dir), AutoencoderKL.from_pretrained(tuned_dir)
+    # The encoder, its posterior and the scaling factor are the base VAE's: every latent (and every
+    # tokenizer trained on them) stays valid; the decoder moved.
+    old, new = base.state_dict(), tuned.state_dict()
+    assert old.keys() == new.keys()
+    encoder_keys = [k for k in old if k.startswith(("encoder.", "quant_conv."))]
+    assert encoder_keys and all(torch.equal(old[k], new[k]) for k in encoder_keys)
+    assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))
+    assert tuned.config.scaling_factor == base.config.scaling_factor
+    info = json.loads((tuned_dir / "training.json").read_text())
+    assert info["finetuned_decoder_of"] == str(base_dir) and info["crop_size"] == 0
+    with pytest.raises(ValueError, match="finetune-decoder"):
+        train_vae.main(["--preset", "cpu-decoder", "--data", str(data_dir), "--out", str(tmp_path / "x")])
+
+
 def test_cached_latents_are_the_image_spaces_encoding(data_dir: Path) -> None:
     from diffusers import AutoencoderKL
 

@@ -3,7 +3,9 @@
 #
 #   bash train/reproduce.sh cpu     2 CPU cores, JOBS=2. Not yet run end to end. An estimate from step
 #                                   rates measured with nothing else running (sessions 13 and 16), about
-#                                   2.8 h: VAE beside the DAE backbone 22 min, the other backbones 14 min,
+#                                   3.2 h: VAE beside the DAE backbone 22 min, the other backbones beside
+#                                   the VAE decoder's fine-tune about 40 min (session 18: 23 min on both
+#                                   cores; it added about 26 min to a 2.8 h estimate),
 #                                   the default's stage A alone on both cores 34 min (session 16), the
 #                                   rows beside its class generator 44 min, the text generator beside the
 #                                   rows' class generators 35 min, export and evaluation 20 min: over the
@@ -21,7 +23,8 @@
 # lent for a fixed time). Each step and stage prints its wall time.
 #
 # What it makes (the model card's two tables come from the metrics.json files):
-#   vae                                the latent space every tokenizer's flow runs in (AutoencoderKL)
+#   vae, vae-decoder                   the latent space every tokenizer's flow runs in (AutoencoderKL),
+#                                      and its decoder fine-tuned on whole images (what ships)
 #   backbones/{dino,mae,clip,dae,random}  in-house SSL backbones; features/ a separate one for the FDs
 #   tok-<backbone>-lam<λ>              stage A: λ sweep on the main backbone, the others at the default λ
 #   gen-<backbone>-lam<λ>              stage B: class generator (subcategories) per tokenizer
@@ -58,7 +61,7 @@ case $scale in
     MAIN=dae
     # The ablation rows get equal, short budgets (cpu-xs, 400 steps: 13 min each on one core beside
     # another job; the model card's tables); the default model a longer run (cpu-main).
-    VAE=(--preset cpu) PRE=(--preset cpu-s) TOK=(--preset cpu-xs --steps 400) GEN=(--preset cpu-xs)
+    VAE=(--preset cpu) VAE_DECODER=(--preset cpu-decoder) PRE=(--preset cpu-s) TOK=(--preset cpu-xs --steps 400) GEN=(--preset cpu-xs)
     # The default model's stage A: one run of 4,000 steps, the last 1,200 with the LR decaying to 0
     # (the cooldown of a warmup-stable-decay schedule), in bf16 autocast, with a 16-channel token map
     # in the decoder (a per-position linear read-out of z at its input). Session 16: 16.29 dB / 92.9 %
@@ -74,21 +77,21 @@ case $scale in
     # train/decode_sweep.py (decoder steps, τ, time-grid shift) and train/guidance_sweep.py (cfg scale): the model
     # card's sampler tables; the generator temperature too (guidance_sweep.py --temperature: of the T
     # whose class gFD stays inside the sampling-seed band of T = 1's, the one with the best class probe).
-    EVAL=() SHIP_STEPS=4 SHIP_TAU=0.3 SHIP_SHIFT=0.33 SHIP_CFG=4 SHIP_GEN_T=0.4
+    EVAL=() SHIP_STEPS=4 SHIP_TAU=0.3 SHIP_SHIFT=0.33 SHIP_CFG=4 SHIP_GEN_T=0.85
     declare -A PRE_STEPS=([dino]=150 [mae]=800 [clip]=400 [dae]=2500 [random]=0)
     FEATURES_METHOD=clip
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$((2 / JOBS > 0 ? 2 / JOBS : 1))}
     ;;
   gpu)
     MAIN=dae
-    VAE=(--preset gpu) PRE=(--preset gpu-s) TOK=(--preset gpu-b) MAIN_TOK=("${TOK[@]}") GEN=(--preset gpu-b) EVAL=() SHIP_STEPS=8
+    VAE=(--preset gpu) VAE_DECODER=(--preset cpu-decoder --batch-size 128) PRE=(--preset gpu-s) TOK=(--preset gpu-b) MAIN_TOK=("${TOK[@]}") GEN=(--preset gpu-b) EVAL=() SHIP_STEPS=8
     MAIN_GEN=("${GEN[@]}") MAIN_TEXT=("${GEN[@]}") SHIP_TAU=1 SHIP_SHIFT=1 SHIP_CFG=1.5 SHIP_GEN_T=1
     declare -A PRE_STEPS=([dino]=3000 [mae]=6000 [clip]=2500 [dae]=6000 [random]=0)
     FEATURES_METHOD=dino
     ;;
   test)
     MAIN=dae
-    VAE=(--preset test) PRE=(--preset test) TOK=(--preset test) GEN=(--preset test)
+    VAE=(--preset test) VAE_DECODER=(--preset test --crop-size 0) PRE=(--preset test) TOK=(--preset test) GEN=(--preset test)
     MAIN_TOK=(--preset test --steps 6 --decay-steps 2 --token-map-channels 2) MAIN_GEN=("${GEN[@]}") MAIN_TEXT=("${GEN[@]}")
     EVAL=(--n 8) SHIP_STEPS=2 SHIP_TAU=0.7 SHIP_SHIFT=0.5 SHIP_CFG=2.5 SHIP_GEN_T=0.7
     declare -A PRE_STEPS=([dino]=2 [mae]=2 [clip]=2 [dae]=2 [random]=0)
@@ -139,7 +142,7 @@ BACKBONES=(random clip mae dino dae)
 PAIRS=()
 for lam in $LAMBDAS; do PAIRS+=("$MAIN:$lam"); done
 for b in "${BACKBONES[@]}"; do [[ $b == "$MAIN" ]] || PAIRS+=("$b:$DEFAULT_LAM"); done
-SPACE=(--space vae --vae "$RUNS/vae/vae")
+SPACE=(--space vae --vae "$RUNS/vae-decoder/vae")  # the fine-tuned decoder, the same latents
 
 # 1. The VAE (the latent space of every decoder) and the main backbone: what the default model's
 #    stage A needs, so that its run (the longest) can start first.
@@ -156,7 +159,11 @@ backbone "$MAIN"
 finish
 
 # 2. The other backbones and a separate feature network for the Fréchet distances (another seed: none
-#    of the compared backbones measures itself).
+#    of the compared backbones measures itself); the VAE's decoder fine-tuned on whole images (the VAE
+#    trains on 32 px crops, and decodes whole images far worse than crops until then: see train_vae.py).
+run vae-decoder "$RUNS/vae-decoder/log.jsonl" \
+  python train/train_vae.py "${VAE_DECODER[@]}" --finetune-decoder "$RUNS/vae/vae" --data "$DATA" \
+  --out "$RUNS/vae-decoder" --resume "${EXTRA[@]}"
 for b in "${BACKBONES[@]}"; do [[ $b == "$MAIN" ]] || backbone "$b"; done
 run features "$RUNS/features/log.jsonl" \
   python train/pretrain_backbone.py --method "$FEATURES_METHOD" "${PRE[@]}" \
