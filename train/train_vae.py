@@ -246,14 +246,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
     dataset = build_dataset(args.data, split="train", image_size=args.image_size)
     seed_everything(cfg.seed)
     if args.finetune_decoder is None:
-        vae = AutoencoderKL.from_config({**preset.vae, "sample_size": args.image_size})
+        vae_config = {**preset.vae, "sample_size": args.image_size}
+        vae = AutoencoderKL.from_config(vae_config)
         params = list(vae.parameters())
     else:
         vae = AutoencoderKL.from_pretrained(args.finetune_decoder, torch_dtype=torch.float32)
+        vae_config = {k: v for k, v in vae.config.items() if not k.startswith("_")}
         vae.requires_grad_(False)
         decoder = [vae.post_quant_conv, vae.decoder] if vae.post_quant_conv is not None else [vae.decoder]
         params = [p.requires_grad_(True) for m in decoder for p in m.parameters()]
-    vae_config = {k: v for k, v in vae.config.items() if not k.startswith("_")}
     model = VaeModel(vae)
     run_config = {"stage": "vae", "preset": args.preset, "data": str(Path(args.data).resolve()),
                   "vae": vae_config, "kl_weight": preset.kl_weight, "mse_weight": preset.mse_weight,
