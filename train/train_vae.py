@@ -51,8 +51,9 @@ from train.loop_config import TrainConfig, to_plain
 
 @dataclass
 class VaePreset:
-    # diffusers AutoencoderKL.from_config keyword arguments (plain types: they go to config.json).
-    vae: dict[str, Any]
+    # diffusers AutoencoderKL.from_config keyword arguments (plain types: they go to config.json);
+    # None: a preset for --finetune-decoder, whose architecture is the fine-tuned folder's.
+    vae: dict[str, Any] | None
     train: TrainConfig
     kl_weight: float = 1e-6  # per latent element, against a per-pixel reconstruction loss
     mse_weight: float = 1.0  # L1 + this · MSE: L1 keeps flat colour areas flat, MSE the big errors small
@@ -62,7 +63,6 @@ class VaePreset:
     # crop costs a quarter of a 64 px image (40 vs 9 img/s on one core for the cpu preset).
     crop_size: int = 32
     image_size: int = 64
-    finetune_decoder: bool = False  # a preset for --finetune-decoder only (its `vae` is then unused)
 
 
 def _vae_config(channels: Sequence[int], latent_channels: int = 4, layers: int = 1) -> dict[str, Any]:
@@ -110,7 +110,7 @@ PRESETS: dict[str, VaePreset] = {
     # crops and 21.1 dB on whole images; 200 steps of this preset (6 min on both cores) gave 30.3 dB on
     # whole images, and the default tokenizer's reconstructions went from 16.3 to 18.3 dB unchanged.
     "cpu-decoder": VaePreset(
-        vae=_vae_config((32, 64, 128), latent_channels=4),
+        vae=None,
         train=TrainConfig(
             steps=600,
             batch_size=32,
@@ -122,7 +122,6 @@ PRESETS: dict[str, VaePreset] = {
             ema_decay=0.99,  # short run: an EMA of 0.999 would still hold half the starting decoder
         ),
         crop_size=0,
-        finetune_decoder=True,
     ),
     # One GPU: the same latent shape, wider blocks and more steps (estimated, not yet run).
     "gpu": VaePreset(
@@ -240,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     preset = dataclasses.replace(
         preset, kl_weight=args.kl_weight, image_size=args.image_size, crop_size=args.crop_size
     )
-    if preset.finetune_decoder and args.finetune_decoder is None:
+    if preset.vae is None and args.finetune_decoder is None:
         raise ValueError(f"preset {args.preset} fine-tunes a decoder: give --finetune-decoder FOLDER")
     cfg = train_config_from_args(args)
     dataset = build_dataset(args.data, split="train", image_size=args.image_size)
