@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -252,6 +253,22 @@ def test_vae_decoder_finetune_keeps_the_latent_space(data_dir: Path, tmp_path: P
     assert info["finetuned_decoder_of"] == str(base_dir) and info["crop_size"] == 0
     with pytest.raises(ValueError, match="finetune-decoder"):
         train_vae.main(["--preset", "cpu-decoder", "--data", str(data_dir), "--out", str(tmp_path / "x")])
+
+    # A stage-A run resumes after its VAE's decoder is swapped for the fine-tuned one (stage A only
+    # encodes), and refuses once the encoder differs.
+    vae_dir = tmp_path / "vae-in-use"
+    shutil.copytree(base_dir, vae_dir)
+    stage_a = ["--space", "vae", "--vae", str(vae_dir), "--ckpt-every", "1"]
+    train_tokenizer.main(stage_a_args(data_dir, tmp_path / "tok", *stage_a, "--steps", "1"))
+    shutil.rmtree(vae_dir)
+    shutil.copytree(tuned_dir, vae_dir)
+    train_tokenizer.main(stage_a_args(data_dir, tmp_path / "tok", *stage_a, "--steps", "2", "--resume"))
+    assert json.loads((tmp_path / "tok" / "log.jsonl").read_text().splitlines()[-1])["event"] == "done"
+    new["encoder.conv_in.bias"] += 1.0
+    tuned.load_state_dict(new)
+    tuned.save_pretrained(vae_dir)
+    with pytest.raises(ValueError, match="frozen weights"):
+        train_tokenizer.main(stage_a_args(data_dir, tmp_path / "tok", *stage_a, "--steps", "3", "--resume"))
 
 
 def test_cached_latents_are_the_image_spaces_encoding(data_dir: Path) -> None:

@@ -2,8 +2,10 @@
 
 API (see train/train_tokenizer.py for a complete use). Here:
 
-    (TrainConfig, to_plain and config_differences live in train/loop_config.py)
-    Trainer(cfg, out_dir, model, params, run_config, *, resume=False, compile_modules=None)
+    (TrainConfig, to_plain and config_differences live in train/loop_config.py; the checkpoint's
+    RNG states, fingerprint and atomic write in train/checkpoint.py)
+    Trainer(cfg, out_dir, model, params, run_config, *, resume=False, compile_modules=None,
+            clip_groups=None, lr_scales=None, unfingerprinted=())
         .fit(batches, loss_fn)         loss_fn(model, batch, generator) -> (loss, {name: float | 0-d tensor})
         .batches(dataset, collate=None)   resumable_batches from the trainer's step, rank and world size
         .ema  .step  .device  .is_main  .elapsed_s  .print(...)  .save_checkpoint()
@@ -30,51 +32,30 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import math
-import os
-import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from torch import Tensor, nn
 from tqdm import tqdm
 
 from train.batches import resumable_batches, step_generator
-from train.loop_config import Precision, TrainConfig, config_differences, to_plain
+from train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    fingerprint,
+    rng_state,
+    save_atomic,
+    set_rng_state,
+)
+from train.loop_config import TrainConfig, autocast_dtype, config_differences, to_plain
 
 LossFn = Callable[[nn.Module, dict[str, Any], torch.Generator], tuple[Tensor, dict[str, float | Tensor]]]
-CHECKPOINT_FORMAT = "reptok-train-checkpoint"
-CHECKPOINT_VERSION = 1
-
-
-def _rng_state() -> dict[str, Any]:
-    np_kind, np_key, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    py_version, py_state, py_gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_kind, torch.from_numpy(np_key.astype(np.int64)), np_pos, np_has_gauss, np_gauss],
-        "python": [py_version, list(py_state), py_gauss],
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    kind, key, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    version, py_state, py_gauss = state["python"]
-    random.setstate((version, tuple(py_state), py_gauss))
-
-
 # ----------------------------------------------------------------------------------- the trainer
 
 
@@ -98,6 +79,7 @@ class Trainer:
         compile_modules: Sequence[nn.Module] | None = None,
         clip_groups: Sequence[Sequence[nn.Parameter]] | None = None,
         lr_scales: Mapping[nn.Parameter, float] | None = None,
+        unfingerprinted: Sequence[nn.Module] = (),
     ) -> None:
         cfg.validate()
         self.cfg, self.out_dir = cfg, Path(out_dir)
@@ -120,8 +102,11 @@ class Trainer:
             )
         trainable = {id(p) for p in params}
         self.frozen_names = {n for n, p in model.named_parameters() if id(p) not in trainable}
-        self.frozen_sha256 = _fingerprint(
-            {n: p for n, p in model.named_parameters() if n in self.frozen_names}
+        # The resume check covers the frozen weights the loss uses; `unfingerprinted` names frozen
+        # modules it never calls (stage A's VAE decoder), so replacing those does not block a resume.
+        unused = {id(p) for m in unfingerprinted for p in m.parameters()}
+        self.frozen_sha256 = fingerprint(
+            {n: p for n, p in model.named_parameters() if n in self.frozen_names and id(p) not in unused}
         )
         self.model = model.to(self.device)
         self.params = params
@@ -159,7 +144,7 @@ class Trainer:
             fused=True if self.device.type == "cuda" else None,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cfg.lr_multiplier)
-        self.autocast_dtype = _autocast_dtype(cfg.precision, self.device)
+        self.autocast_dtype = autocast_dtype(cfg.precision, self.device)
 
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -256,17 +241,12 @@ class Trainer:
             "ema": self._trained_state(self.ema),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": _rng_state(),
+            "rng": rng_state(),
             # Both are functions of (seed, step): stored so the checkpoint says what it resumes.
             "data": {"seed": self.cfg.seed, "position": self.step * self.world_size * self.cfg.batch_size},
             "step_generator": {"seed": self.cfg.seed, "next_step": self.step, "world_size": self.world_size},
         }
-        tmp = self.checkpoint_path.with_name(self.checkpoint_path.name + ".tmp")
-        with tmp.open("wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.checkpoint_path)
+        save_atomic(state, self.checkpoint_path)
 
     def _load_checkpoint(self) -> None:
         ckpt = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
@@ -290,7 +270,7 @@ class Trainer:
         self._load_trained_state(self.ema, ckpt["ema"], "EMA")
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
         saved_world = ckpt["step_generator"]["world_size"]
         if saved_world != self.world_size:
             self.print(f"note: resuming a {saved_world}-process run on {self.world_size}: data order changes")
@@ -418,28 +398,6 @@ class _Window:
         rate = self.images / max(now - self.start, 1e-9)
         self.sums, self.steps, self.images, self.start = {}, 0, 0, now
         return means, rate
-
-
-def _autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision != "auto":
-        raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers (norms, losses) on tensor cores
-        return torch.bfloat16
-    return None
-
-
-def _fingerprint(named: Mapping[str, Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(named):
-        t = named[name].detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _batch_len(batch: Mapping[str, Any]) -> int:

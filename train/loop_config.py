@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 Precision = Literal["auto", "fp32", "bf16"]
 # Run-config entries that may change on --resume. Most change only speed or logging. steps and
 # decay_steps change the LR schedule's end, on purpose: the LR is constant between warmup and the
@@ -107,3 +109,17 @@ def config_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> 
         for k in sorted(a)
         if k not in RESUMABLE_CHANGES and a[k] != b.get(k, missing)
     ]
+
+
+def autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`; None: fp32, no autocast."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision != "auto":
+        raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 leftovers (norms, losses) on tensor cores
+        return torch.bfloat16
+    return None

@@ -288,6 +288,9 @@ def main(argv: Sequence[str] | None = None) -> Path:
         cfg, args.out, model, params, run_config, resume=args.resume, compile_modules=[decoder],
         clip_groups=[[p for p in params if p is not cls_token], [cls_token]] if cls_token.requires_grad else None,
         lr_scales={cls_token: args.cls_lr_scale} if cls_token.requires_grad else None,
+        # Stage A only encodes with the VAE: a fine-tuned VAE decoder (train_vae.py --finetune-decoder)
+        # leaves the latents, and so a resume, as they were.
+        unfingerprinted=[image_space.vae.decoder, image_space.vae.post_quant_conv] if image_space.vae is not None else (),
     )  # fmt: skip
     trainer.print(
         f"stage A | preset {args.preset} | {len(dataset)} images | backbone {backbone_source} | "
