@@ -8,7 +8,7 @@ API (see train/train_tokenizer.py for a complete use). Here:
             clip_groups=None, lr_scales=None, unfingerprinted=())
         .fit(batches, loss_fn)         loss_fn(model, batch, generator) -> (loss, {name: float | 0-d tensor})
         .batches(dataset, collate=None)   resumable_batches from the trainer's step, rank and world size
-        .ema  .step  .device  .is_main  .elapsed_s  .print(...)  .save_checkpoint()
+        .ema  .step  .device  .is_main  .elapsed_s  .print(...)  .save_checkpoint()  .summary()
 
 In train/cli.py: select_preset (read --preset first: the other flags default to its values),
 stage_parser, add_train_args (--steps ... --resume --out), train_config_from_args,
@@ -179,6 +179,17 @@ class Trainer:
     def print(self, *args: Any) -> None:
         if self.is_main:
             tqdm.write(" ".join(str(a) for a in args))
+
+    def summary(self) -> dict[str, Any]:
+        """How the run trained, for the info block of the model it saves."""
+        return {
+            "steps": self.step,
+            "decay_steps": self.cfg.decay_steps,
+            "precision": self.cfg.precision,
+            "batch_size": self.cfg.batch_size * self.world_size,
+            "device": f"{self.device} x{self.world_size}",
+            "wall_time_s": round(self.elapsed_s, 1),  # training steps, summed over resumes
+        }
 
     def batches(
         self, dataset: Any, collate: Callable[[list[Any]], dict[str, Any]] | None = None

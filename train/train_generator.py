@@ -335,12 +335,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
             "data": args.data,
             "label": args.label if args.cond == "class" else None,
             "tokens": len(columns["z"]),
-            "steps": trainer.step,
-            "decay_steps": cfg.decay_steps,
-            "precision": cfg.precision,
-            "batch_size": cfg.batch_size * trainer.world_size,
-            "device": f"{trainer.device} x{trainer.world_size}",
-            "wall_time_s": round(trainer.elapsed_s, 1),
+            **trainer.summary(),
         }
         if args.cond == "class":
             tokenizer.class_generator = generator

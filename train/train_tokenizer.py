@@ -337,12 +337,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                     "backbone_method": backbone_about["method"],
                     "backbone_knn": backbone_about["knn"],
                     "lam": args.lam,
-                    "steps": trainer.step,
-                    "decay_steps": cfg.decay_steps,
-                    "precision": cfg.precision,
-                    "batch_size": cfg.batch_size * trainer.world_size,
-                    "device": f"{trainer.device} x{trainer.world_size}",
-                    "wall_time_s": round(trainer.elapsed_s, 1),
+                    **trainer.summary(),
                 }
             ),
         )

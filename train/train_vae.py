@@ -277,8 +277,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         scale = vae.config.scaling_factor
         vae.save_pretrained(out)
         info = {"trained_with": "train/train_vae.py", "preset": args.preset, "data": args.data,
-                "train_images": len(dataset), "steps": trainer.step, "wall_time_s": round(trainer.elapsed_s, 1),
-                "scaling_factor": scale, "loss": "L1 + MSE + KL", "kl_weight": preset.kl_weight,
+                "train_images": len(dataset), **trainer.summary(), "scaling_factor": scale, "loss": "L1 + MSE + KL", "kl_weight": preset.kl_weight,
                 "crop_size": preset.crop_size, "finetuned_decoder_of": run_config["finetune_decoder"],
                 "heldout": heldout_metrics(vae, args.data, args.image_size)}  # fmt: skip
         (out / "training.json").write_text(json.dumps(to_plain(info), indent=2) + "\n")
