@@ -1,16 +1,13 @@
 #!/usr/bin/env bash
 # Every command that makes the shipped emoji models, in order, at one scale:
 #
-#   bash train/reproduce.sh cpu     2 CPU cores, JOBS=2. Not yet run end to end. An estimate from step
-#                                   rates measured with nothing else running (sessions 13 and 16), about
-#                                   3.2 h: VAE beside the DAE backbone 22 min, the other backbones beside
-#                                   the VAE decoder's fine-tune about 40 min (session 18: 23 min on both
-#                                   cores; it added about 26 min to a 2.8 h estimate),
-#                                   the default's stage A alone on both cores 34 min (session 16), the
-#                                   rows beside its class generator 44 min, the text generator beside the
-#                                   rows' class generators 35 min, export and evaluation 20 min: over the
-#                                   2.5 h aim (it was 3.7 h before the default's stage A became one
-#                                   4,000-step bf16 run with a token map)
+#   bash train/reproduce.sh cpu     2 CPU cores, JOBS=2. Session 19's run from a clean clone (measured
+#                                   per stage): VAE beside the DAE backbone 32 min, the other backbones
+#                                   beside the VAE decoder's fine-tune 27 min, the default's stage A
+#                                   alone on both cores 32 min; projected from its step rates: the rows
+#                                   beside the default's class generator ~51 min, the text generator
+#                                   beside the rows' class generators ~31 min, export and evaluation
+#                                   ~27 min: about 3.3 h, over the 2.5 h aim (MODEL_CARD.md, session 19)
 #   bash train/reproduce.sh gpu     one GPU: the gpu-* presets, the λ sweep and backbone runs side by side
 #   bash train/reproduce.sh test    tiny presets, seconds (tests/test_reproduce.py)
 #
