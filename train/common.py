@@ -272,7 +272,9 @@ class Trainer:
                 + "\n  ".join(diffs[:8])
                 + "\nuse the original flags, or a new --out to start another run"
             )
-        if ckpt["frozen_sha256"] != self.frozen_sha256:
+        # Checkpoints written before `unfingerprinted` existed fingerprint every frozen weight.
+        every_frozen = {n: p for n, p in self.model.named_parameters() if n in self.frozen_names}
+        if ckpt["frozen_sha256"] != self.frozen_sha256 and ckpt["frozen_sha256"] != fingerprint(every_frozen):
             raise ValueError(
                 f"cannot resume: the frozen weights (backbone, VAE, ...) differ from the ones in "
                 f"{self.checkpoint_path}; was the backbone file replaced?"
