@@ -110,7 +110,8 @@ PRESETS: dict[str, VaePreset] = {
     # crops and 21.1 dB on whole images. A run of 600 steps (the last 200 decaying; 19 images/s on
     # both cores) gave 31.0 dB on whole images, its step-200 checkpoint 30.3 dB, and the default
     # tokenizer's reconstructions 18.28 / 18.26 dB through them (16.3 before): the recipe's 250 steps
-    # (about 7 min on both cores) keep nearly all of it for a third of the time.
+    # (about 7 min on both cores; session 19's recipe run: 30.42 dB, 12.7 min on one core beside
+    # other work) keep nearly all of it for a third of the time.
     "cpu-decoder": VaePreset(
         vae=None,
         train=TrainConfig(
