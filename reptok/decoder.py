@@ -163,6 +163,16 @@ class TimeEmbedding(nn.Module):
         return self.out_norm(x)
 
 
+def patchify(x: Tensor, p: int) -> Tensor:
+    """(B, C, S, S) -> (B, (S/p)², p²C): each p×p cell one row, row-major, channels last."""
+    return rearrange(x, "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)
+
+
+def unpatchify(x: Tensor, p: int, g: int) -> Tensor:
+    """(B, g², p²C) -> (B, C, gp, gp): the inverse of `patchify`."""
+    return rearrange(x, "b (h w) (p q c) -> b c (h p) (w q)", h=g, p=p, q=p)
+
+
 def axial_positions(h: int, w: int) -> Tensor:
     """Centres of an h×w grid on the canvas [-1, 1]² (the longer side spans it), (h·w, 2)."""
     ar = w / h
@@ -313,12 +323,12 @@ class Decoder(nn.Module):
         p, g = cfg.patch_size, cfg.grid_size
         if cfg.time_reversed:
             t = 1.0 - t  # official convention: t = 1 is noise
-        patches = rearrange(x_t, "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)  # (B, g², p²C)
+        patches = patchify(x_t, p)  # (B, g², p²C)
         x_patches = self.patch_embed(patches)  # (B, g², W)
         if cfg.token_map_channels:
             m, s = cfg.token_map_channels, cfg.input_size
             grid = self.token_map(z[:, 0]).view(-1, m, s, s)  # (B, M, S, S)
-            grid = rearrange(grid, "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)  # (B, g², p²M)
+            grid = patchify(grid, p)  # (B, g², p²M)
             x_patches = x_patches + self.token_map_embed(grid.to(x_patches.dtype))
         x = torch.cat([self.token_proj(z), x_patches], dim=1)  # (B, 1 + g², W)
         x = self.joint_proj(x)
@@ -326,7 +336,7 @@ class Decoder(nn.Module):
         for layer in self.layers:
             x = layer(x, cond, self.theta)
         out = self.out_proj(self.out_norm(x[:, 1:]))  # drop the token: (B, g², p²C)
-        v = rearrange(out, "b (h w) (p q c) -> b c (h p) (w q)", h=g, p=p, q=p)  # (B, C, S, S)
+        v = unpatchify(out, p, g)  # (B, C, S, S)
         return -v if cfg.time_reversed else v
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from reptok import flow
-from reptok.decoder import DECODER_PRESETS, Decoder, ImageSpace, ImageSpaceConfig
+from reptok.decoder import DECODER_PRESETS, Decoder, ImageSpace, ImageSpaceConfig, patchify, unpatchify
 from reptok.encoder import ENCODER_PRESETS, Encoder, EncoderConfig
 from reptok.generator import MIXER_PRESETS, TEXT_PRESETS, MixerGenerator, TextGenerator
 from tests.helpers import TINY_VAE_CONFIG, randomize_
@@ -167,6 +167,15 @@ def test_token_map_starts_closed_and_reads_the_token() -> None:
     z2 = torch.randn_like(z)
     gain, gain2 = mapped(x, t, z) - plain(x, t, z), mapped(x, t, z2) - plain(x, t, z2)  # (B, C, S, S)
     assert float(gain.abs().min(dim=0).values.mean()) > 0 and not torch.allclose(gain, gain2)
+
+
+def test_patchify_is_row_major_cells_and_unpatchify_inverts_it() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    patches = patchify(x, 4)  # (2, 4, 48)
+    assert patches.shape == (2, 4, 48)
+    # the second patch is the top-right 4×4 cell, its 16 pixels with the 3 channels last
+    assert torch.equal(patches[:, 1], x[:, :, :4, 4:].permute(0, 2, 3, 1).reshape(2, 48))
+    assert torch.equal(unpatchify(patches, 4, 2), x)
 
 
 def test_decoder_config_validation() -> None:
