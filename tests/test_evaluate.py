@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from reptok.metrics import FeatureSpace
 from reptok.pipeline import RepTok
 from tests.helpers import CATEGORIES, COLOURS, randomize_, shape_image, tiny_config, write_shapes_npz
 from train import evaluate
@@ -62,10 +63,30 @@ def test_evaluate_writes_named_metrics(setup: tuple[Path, Path, Path], tmp_path:
         assert 0 <= metrics[key] <= 1, key
     assert metrics[f"text_retrieval_top1_{space}"] <= metrics[f"text_retrieval_top5_{space}"] <= 1
     assert metrics["cos_to_frozen"] == pytest.approx(1.0, abs=1e-4)  # an untrained token has not moved
-    # the same run twice gives the same numbers (seeded noise everywhere)
+    # the same run twice gives the same numbers (seeded noise everywhere), also with the probe's bank cached
     again = evaluate.main(["--model", str(model), "--data", str(data), "--features", str(features),
-                           "--n", "6", "--steps", "2", "--out", str(tmp_path / "again.json")])  # fmt: skip
+                           "--n", "6", "--steps", "2", "--out", str(tmp_path / "again.json"),
+                           "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
     assert again["psnr"] == metrics["psnr"] and again[f"gFD_{space}"] == metrics[f"gFD_{space}"]
+    assert again[f"class_probe_acc_{space}"] == metrics[f"class_probe_acc_{space}"]
+    assert len(list((tmp_path / "cache").glob("probe-bank-*.npy"))) == 1
+
+
+def test_probe_bank_is_computed_once_per_feature_network_and_images(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def extract(images: torch.Tensor) -> torch.Tensor:
+        calls.append(len(images))
+        return images.flatten(1)[:, :4]
+
+    space = FeatureSpace("toy-1234", extract)
+    images = torch.rand(5, 3, 8, 8)
+    bank = evaluate.probe_bank(space, images, tmp_path)
+    assert torch.equal(evaluate.probe_bank(space, images, tmp_path), bank) and len(calls) == 1
+    assert torch.equal(evaluate.probe_bank(space, images), bank)  # no cache: the same numbers
+    evaluate.probe_bank(space, images.flip(0), tmp_path)  # other images: never the stale bank
+    evaluate.probe_bank(FeatureSpace("toy-5678", extract), images, tmp_path)  # another network
+    assert len(calls) == 4 and len(list(tmp_path.glob("probe-bank-*.npy"))) == 3
 
 
 def test_help() -> None:

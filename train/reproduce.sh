@@ -245,6 +245,7 @@ finish; stop_after export
 #    so the model card's numbers are re-measured from the exported files alone. The seed twin (not
 #    shipped) is evaluated from its run folder: its reconstruction metrics give the noise band.
 [[ -f $UNSEEN ]] && EVAL+=(--unseen-data "$UNSEEN")
+EVAL+=(--cache-dir "$RUNS/eval-cache")  # the class probe's bank of training features, computed once
 for model in "$RUNS"/export/models/*/; do
   model=${model%/}
   run "eval-$(basename "$model")" "$model/metrics.json" \
