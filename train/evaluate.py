@@ -136,7 +136,7 @@ def probe_bank(space: FeatureSpace, train_images: Tensor, cache_dir: Path | None
     """The class probe's k-NN bank: unit-norm features (N, F) of the (N, 3, S, S) training images.
 
     It depends only on the feature network and the images, not on the model evaluated, so with
-    `cache_dir` it is computed once for all the models a recipe evaluates (else about 40 s on one
+    `cache_dir` it is computed once for all the models a recipe evaluates (else about 29 s on one
     core each time): stored under the feature space's name (its weights' digest) and a digest of
     the images' bytes, so a changed network or data set never reads a stale bank.
     """
