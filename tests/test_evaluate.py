@@ -127,7 +127,10 @@ def test_guidance_sweep_rows_match_evaluate_at_the_model_scale(
     scale = RepTok.from_pretrained(model).config.sampling.cfg_scale
     rows = guidance_sweep.main(["--model", str(model), "--data", str(data), "--features", str(features),
                                 "--n", "6", "--steps", "2", "--cfg-scale", str(scale), "4",
-                                "--temperature", "1", "0.5", "--out", str(tmp_path / "sweep.json")])  # fmt: skip
+                                "--temperature", "1", "0.5", "--out", str(tmp_path / "sweep.json"),
+                                "--cache-dir", str(tmp_path / "cache")])  # fmt: skip
+    # the probe's bank of training features: one file for the sweep's four class rows
+    assert len(list((tmp_path / "cache").glob("probe-bank-*.npy"))) == 1
     assert [(r["cond"], r["temperature"], r["cfg_scale"]) for r in rows] == [
         (cond, temperature, cfg)
         for cond in ("class", "text")

@@ -167,32 +167,33 @@ def class_sample_metrics(
     batch_size: int,
     cfg_scale: float | None = None,
     temperature: float | None = None,
-    recon: Tensor | None = None,
+    real_feats: np.ndarray | None = None,
+    recon_feats: np.ndarray | None = None,
     bank_cache: Path | None = None,
 ) -> dict[str, float]:
     """gFD and the k-NN class probe of class samples drawn for the held-out label mix of `idx`; the
-    probe's two references: the real images and, where given, their reconstructions `recon`.
-    `bank_cache`: a folder where the probe's bank is kept between calls (`probe_bank`)."""
+    probe's two references: the real images and, where given, their reconstructions' features
+    `recon_feats`. `real_feats`: the real images' features where the caller has them (each image set
+    goes through the feature network once). `bank_cache`: a folder where the probe's bank is kept
+    between calls (`probe_bank`)."""
     labels = [int(heldout[i]["label"]) for i in idx]
     samples = draw_samples(model, "labels", labels, steps=steps, seed=seed, batch_size=batch_size, cfg_scale=cfg_scale, temperature=temperature)  # fmt: skip
+    sample_feats = space.features(samples)  # (n, F)
+    real_feats = space.features(real) if real_feats is None else real_feats  # (n, F)
     bank = probe_bank(space, _images(train, range(len(train))), bank_cache)  # (N, F), unit norm
     bank_labels = torch.tensor([int(train[i]["label"]) for i in range(len(train))])
     target = torch.tensor(labels)
 
-    def probe(images: Tensor) -> float:
-        feats = torch.from_numpy(space.features(images))  # (n, F)
-        return float(
-            (knn_classify(bank, bank_labels, feats, 20, 0.07, len(train.class_names)) == target)
-            .float()
-            .mean()
-        )
+    def probe(feats: np.ndarray) -> float:
+        named = knn_classify(bank, bank_labels, torch.from_numpy(feats), 20, 0.07, len(train.class_names))
+        return float((named == target).float().mean())
 
     return {
-        space.key("gFD"): space.distance(samples, real),
-        space.key("class_probe_acc"): probe(samples),
+        space.key("gFD"): frechet_distance(sample_feats, real_feats),
+        space.key("class_probe_acc"): probe(sample_feats),
         # the same probe on the real held-out images: what a sampler that drew the data itself would get
-        space.key("class_probe_acc_real"): probe(real),
-        **({space.key("class_probe_acc_recon"): probe(recon)} if recon is not None else {}),
+        space.key("class_probe_acc_real"): probe(real_feats),
+        **({space.key("class_probe_acc_recon"): probe(recon_feats)} if recon_feats is not None else {}),
     }
 
 
@@ -267,10 +268,11 @@ def evaluate(
     metrics["identification_chance"] = 1.0 / len(idx)
     cos = [model.cosine_to_frozen(real[c.start : c.stop]).cpu() for c in _chunks(len(idx), batch_size)]
     metrics["cos_to_frozen"] = float(torch.cat(cos).mean())
-    metrics[space.key("rFD")] = space.distance(recon_t, real)
+    recon_feats = space.features(recon_t)  # (n, F)
+    metrics[space.key("rFD")] = frechet_distance(recon_feats, real_feats)
     # Text retrieval's reference: the reconstructions' own retrieval, what a text generator that drew
     # each caption's exact token would reach.
-    hit = retrieval_hits(space.features(recon_t), real_feats, [str(heldout[i]["code"]) for i in idx])
+    hit = retrieval_hits(recon_feats, real_feats, [str(heldout[i]["code"]) for i in idx])
     metrics[space.key("recon_top5_same_code")] = float(hit.any(1).float().mean())
     train_images = _images(train, range(len(train)))  # (N, 3, S, S): the mean image and the probe's bank
     heldout_tokens = encode_all(model, real)  # (n, D)
@@ -284,7 +286,7 @@ def evaluate(
     metrics["baseline_mean_image_ssim"] = float(ssim(mean_image, real).mean())
 
     if model.class_generator is not None and model.config.class_names == heldout.class_names:
-        metrics |= class_sample_metrics(model, heldout, train, idx, real, space, steps=steps, seed=seed, batch_size=batch_size, recon=recon_t, bank_cache=cache_dir)  # fmt: skip
+        metrics |= class_sample_metrics(model, heldout, train, idx, real, space, steps=steps, seed=seed, batch_size=batch_size, real_feats=real_feats, recon_feats=recon_feats, bank_cache=cache_dir)  # fmt: skip
     elif model.class_generator is not None:
         metrics["class_generator"] = f"skipped: its classes are not the data set's {label} labels"
     if model.text_generator is not None:

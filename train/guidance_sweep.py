@@ -20,6 +20,7 @@ import argparse
 import itertools
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,9 +47,11 @@ def sweep(
     steps: int | None = None,
     seed: int = 0,
     batch_size: int = 64,
+    cache_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
     """One row per (condition, temperature, scale): the metrics train/evaluate.py reports for those
-    samples, drawn at that guidance scale and generator temperature."""
+    samples, drawn at that guidance scale and generator temperature. `cache_dir`: where the class
+    probe's bank of training-image features is kept (`evaluate.probe_bank`); None: computed per row."""
     idx = list(range(min(n, len(heldout))))
     real = _images(heldout, idx)  # (n, 3, S, S)
     real_feats = space.features(real)
@@ -65,7 +68,9 @@ def sweep(
             start = time.perf_counter()
             setting = {"cfg_scale": scale, "temperature": temperature, **common}
             if cond == "class":
-                m = class_sample_metrics(model, heldout, train, idx, real, space, **setting)
+                m = class_sample_metrics(
+                    model, heldout, train, idx, real, space, bank_cache=cache_dir, **setting
+                )
             else:
                 m = text_sample_metrics(model, heldout, idx, real_feats, space, **setting)
             row = {
@@ -110,6 +115,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", default=None, help="write the rows as JSON here")
+    p.add_argument(
+        "--cache-dir", type=Path, default=None,
+        help="keep the class probe's bank of training features here (default: a temporary folder, "
+        "so it is computed once per sweep rather than once per row)",
+    )  # fmt: skip
     return p.parse_args(argv)
 
 
@@ -118,10 +128,12 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     model = RepTok.from_pretrained(args.model)
     heldout = EmojiDataset(args.data, split="heldout", label=args.label, image_size=model.image_size)
     train = EmojiDataset(args.data, split="train", label=args.label, image_size=model.image_size)
-    rows = sweep(
-        model, heldout, train, args.n, feature_space(args.features), args.cfg_scale,
-        temperatures=args.temperature, conds=args.cond, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
-    )  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = sweep(
+            model, heldout, train, args.n, feature_space(args.features), args.cfg_scale,
+            temperatures=args.temperature, conds=args.cond, steps=args.steps, seed=args.seed,
+            batch_size=args.batch_size, cache_dir=args.cache_dir or Path(tmp),
+        )  # fmt: skip
     print(markdown(rows, min(args.n, len(heldout))))
     if args.out:
         Path(args.out).write_text(
