@@ -7,8 +7,9 @@
 #                                   stage A alone on both cores 32, the rows beside the default's class
 #                                   generator 50, the text generator beside the rows' class generators
 #                                   39, export + evaluation + ship 23: 203 min (3.4 h), over the 2.5 h
-#                                   aim; with both default generators in bf16 since, ~3.2 h projected
-#                                   (MODEL_CARD.md, session 20)
+#                                   aim. Since then every stage in bf16 autocast and the default's two
+#                                   generators beside the rows (session 21: stages 1-3 run again,
+#                                   measured; the whole ~2.8 h projected; MODEL_CARD.md)
 #   bash train/reproduce.sh gpu     one GPU: the gpu-* presets, the λ sweep and backbone runs side by side
 #   bash train/reproduce.sh test    tiny presets, seconds (tests/test_reproduce.py)
 #
@@ -26,11 +27,12 @@
 #   backbones/{dino,mae,clip,dae,random}  in-house SSL backbones; features/ a separate one for the FDs
 #   tok-<backbone>-lam<λ>              stage A: λ sweep on the main backbone, the others at the default λ
 #   gen-<backbone>-lam<λ>              stage B: class generator (subcategories) per tokenizer
-#   tok-main, gen-main                 the default model's own stage A and class generator, where the
+#   tok-main, text-main                the default model's own stage A and text generator, where the
 #                                      scale gives it a longer preset than the ablations (cpu); else the
 #                                      ablation run on the main backbone at the default λ is the default
-#   main                               the default model's text generator; export/ every model
-#                                      with its generators, evaluated; ship/ what ships
+#   main                               the default model with both generators (cpu: the class generator
+#                                      trained last; else the text one); export/ every model with its
+#                                      generators, evaluated; ship/ what ships
 #   tok-<main>-lam<λ>-seed1            a second seed of the main backbone's default-λ row: the tables'
 #                                      noise band (evaluated, not shipped)
 #
@@ -60,7 +62,12 @@ case $scale in
     # The ablation rows get equal, short budgets (cpu-xs, 400 steps, in bf16 autocast like the default's
     # stage A: 1.37x and 1.85x faster than fp32 on two measured pairs, quality inside the seed band on
     # one and mixed on the other; the model card's tables); the default model a longer run (cpu-main).
-    VAE=(--preset cpu) VAE_DECODER=(--preset cpu-decoder) PRE=(--preset cpu-s) TOK=(--preset cpu-xs --steps 400 --precision bf16) GEN=(--preset cpu-xs)
+    # Everything else in bf16 autocast too since session 21 (one core each, fp32 and bf16 side by side:
+    # VAE 0.875 -> 0.64 s/step, its decoder fine-tune 2.79 -> 1.77, DAE-style backbone 0.60 -> 0.49,
+    # DINO-style 3.46 -> 2.51; the quality of what they make: MODEL_CARD.md, session 21).
+    VAE=(--preset cpu --precision bf16) VAE_DECODER=(--preset cpu-decoder --precision bf16)
+    PRE=(--preset cpu-s --precision bf16) TOK=(--preset cpu-xs --steps 400 --precision bf16)
+    GEN=(--preset cpu-xs --precision bf16)
     # The default model's stage A: one run of 4,000 steps, the last 1,200 with the LR decaying to 0
     # (the cooldown of a warmup-stable-decay schedule), in bf16 autocast, with a 16-channel token map
     # in the decoder (a per-position linear read-out of z at its input). Session 16: 16.29 dB / 92.9 %
@@ -137,7 +144,7 @@ gen() { echo "$RUNS/gen-$1-lam$2"; }
 # The default model: its own stage A run when its preset differs from the ablations', else the ablation
 # run on the main backbone at the default λ.
 if [[ "${MAIN_TOK[*]}" != "${TOK[*]}" ]]; then
-  OWN_MAIN=1 MAIN_TOK_RUN=$RUNS/tok-main MAIN_GEN_RUN=$RUNS/gen-main
+  OWN_MAIN=1 MAIN_TOK_RUN=$RUNS/tok-main
 else
   OWN_MAIN=0 MAIN_TOK_RUN=$(tok "$MAIN" "$DEFAULT_LAM") MAIN_GEN_RUN=$(gen "$MAIN" "$DEFAULT_LAM")
 fi
@@ -187,13 +194,25 @@ if (( OWN_MAIN )); then
   finish
 fi
 
-# 4. Stage A of the ablation rows ([cls] embedding + decoder), beside the default model's class generator.
-main_class_generator() {
-  run gen-main "$MAIN_GEN_RUN/log.jsonl" \
-    env OMP_NUM_THREADS="$1" python train/train_generator.py "${MAIN_GEN[@]}" --data "$DATA" \
-    --tokenizer "$MAIN_TOK_RUN/model" --cond class --label subcategory --out "$MAIN_GEN_RUN" --resume "${EXTRA[@]}"
+# 4. Stage A of the ablation rows ([cls] embedding + decoder), beside the default model's two
+#    generators, one after the other on one lane: the text generator from the tokenizer, then the class
+#    generator from its output (a tokenizer folder keeps the generator it has). Neither depends on the
+#    other (each trains on the same cached tokens), so this order makes the same model as class-then-text
+#    and puts both beside the rows (~54 one-core min against their ~62) instead of leaving the text
+#    generator for a stage of its own.
+MAIN_RUN=$RUNS/main  # the default model with both generators: what export takes
+MAIN_TEXT_RUN=$RUNS/text-main
+text_generator() {  # THREADS TOKENIZER_RUN OUT_RUN
+  finished "$3/log.jsonl" && { echo "skip  main-text (done: $3/log.jsonl)"; return; }
+  env OMP_NUM_THREADS="$1" python train/train_generator.py "${MAIN_TEXT[@]}" --data "$DATA" \
+    --tokenizer "$2/model" --cond text --out "$3" --resume "${EXTRA[@]}"
 }
-(( OWN_MAIN )) && main_class_generator "${OMP_NUM_THREADS:-1}"
+main_generators() {
+  text_generator "$1" "$MAIN_TOK_RUN" "$MAIN_TEXT_RUN" || return 1
+  env OMP_NUM_THREADS="$1" python train/train_generator.py "${MAIN_GEN[@]}" --data "$DATA" \
+    --tokenizer "$MAIN_TEXT_RUN/model" --cond class --label subcategory --out "$MAIN_RUN" --resume "${EXTRA[@]}"
+}
+(( OWN_MAIN )) && run main-generators "$MAIN_RUN/log.jsonl" main_generators "${OMP_NUM_THREADS:-1}"
 for pair in "${PAIRS[@]}"; do
   b=${pair%%:*} lam=${pair##*:}
   run "tok-$b-lam$lam" "$(tok "$b" "$lam")/log.jsonl" \
@@ -207,15 +226,8 @@ run "tok-$MAIN-lam$DEFAULT_LAM-seed1" "$SEED_TWIN/log.jsonl" \
 finish
 stop_after tokenizers
 
-# 5. Stage B: a class generator per ablation row (each row's gFD needs one); the default model's text
-#    generator, beside them when its class generator is done (its own run), else after them.
-MAIN_RUN=$RUNS/main
-text_generator() {
-  run main-text "$MAIN_RUN/log.jsonl" \
-    env OMP_NUM_THREADS="$1" python train/train_generator.py "${MAIN_TEXT[@]}" --data "$DATA" \
-    --tokenizer "$MAIN_GEN_RUN/model" --cond text --out "$MAIN_RUN" --resume "${EXTRA[@]}"
-}
-(( OWN_MAIN )) && text_generator "${OMP_NUM_THREADS:-1}"
+# 5. Stage B: a class generator per ablation row (each row's gFD needs one), two at a time; where the
+#    default model is an ablation row (no run of its own), its text generator after them, on every core.
 for pair in "${PAIRS[@]}"; do
   b=${pair%%:*} lam=${pair##*:}
   run "gen-$b-lam$lam" "$(gen "$b" "$lam")/log.jsonl" \
@@ -223,7 +235,10 @@ for pair in "${PAIRS[@]}"; do
     --cond class --label subcategory --out "$(gen "$b" "$lam")" --resume "${EXTRA[@]}"
 done
 finish
-if (( ! OWN_MAIN )); then text_generator "$ALL_THREADS"; finish; fi
+if (( ! OWN_MAIN )); then
+  run main-text "$MAIN_RUN/log.jsonl" text_generator "$ALL_THREADS" "$MAIN_GEN_RUN" "$MAIN_RUN"
+  finish
+fi
 stop_after generators
 
 # 6. Export for evaluation: fp16 weights (each backbone once) with every generator, and the feature
