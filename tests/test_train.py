@@ -190,6 +190,28 @@ def test_stage_b_class_then_text_samples(tokenizer_run: Path, data_dir: Path, tm
         assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
 
 
+def test_stage_b_either_order_makes_the_same_generators(
+    tokenizer_run: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    """reproduce.sh cpu trains the default's text generator first and its class generator on that
+    output (both beside the ablation rows): the same two generators as class first, then text."""
+    common = ["--preset", "test", "--data", str(data_dir)]
+    tok = str(tokenizer_run / "model")
+
+    def train(first: str, second: str, out: str) -> RepTok:
+        a = train_generator.main(
+            [*common, "--tokenizer", tok, "--cond", first, "--out", str(tmp_path / out / "1")]
+        )
+        b = train_generator.main(
+            [*common, "--tokenizer", str(a), "--cond", second, "--out", str(tmp_path / out / "2")]
+        )
+        return RepTok.from_pretrained(b)
+
+    class_first, text_first = train("class", "text", "ct"), train("text", "class", "tc")
+    _assert_same_state(class_first.class_generator.state_dict(), text_first.class_generator.state_dict())
+    _assert_same_state(class_first.text_generator.state_dict(), text_first.text_generator.state_dict())
+
+
 def test_stage_a_in_house_backbone_folder_and_vae_space(data_dir: Path, tmp_path: Path) -> None:
     folder = tmp_path / "backbone"
     folder.mkdir()
