@@ -13,6 +13,7 @@
 #   bash train/reproduce.sh gpu     one GPU: the gpu-* presets, the λ sweep and backbone runs side by side
 #   bash train/reproduce.sh test    tiny presets, seconds (tests/test_reproduce.py)
 #
+# bash reads this file while it runs it: do not edit it during a run (run the recipe from its own clone).
 # A step whose output exists is skipped, so a killed run continues where it stopped (each script
 # also resumes from its own checkpoint with --resume). Environment: DATA (emoji .npz), RUNS (output
 # root, default runs/<scale>), JOBS (steps run side by side), STAGE (stop after: backbones, tokenizers
