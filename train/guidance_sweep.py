@@ -69,7 +69,15 @@ def sweep(
             setting = {"cfg_scale": scale, "temperature": temperature, **common}
             if cond == "class":
                 m = class_sample_metrics(
-                    model, heldout, train, idx, real, space, bank_cache=cache_dir, **setting
+                    model,
+                    heldout,
+                    train,
+                    idx,
+                    real,
+                    space,
+                    real_feats=real_feats,
+                    bank_cache=cache_dir,
+                    **setting,
                 )
             else:
                 m = text_sample_metrics(model, heldout, idx, real_feats, space, **setting)
