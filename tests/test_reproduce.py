@@ -143,6 +143,6 @@ def test_recipe_stops_at_the_stage_where_a_step_failed(tmp_path: Path) -> None:
         ["bash", "train/reproduce.sh", "test"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 1 and "stopping: a step failed" in done.stderr
-    # Stage 1 (the VAE and the main backbone) fails: nothing of a later stage starts.
-    assert "FAIL  vae" in done.stdout and "FAIL  backbone-dae" in done.stdout
-    assert "start backbone-dino" not in done.stdout and "start tok-" not in done.stdout
+    # Stage 1 (the latent space and the backbones) fails: nothing of a later stage starts.
+    assert "FAIL  latent-space" in done.stdout and "FAIL  backbone-dae" in done.stdout
+    assert "start tok-" not in done.stdout and "start row-" not in done.stdout

@@ -293,6 +293,36 @@ def test_vae_decoder_finetune_keeps_the_latent_space(data_dir: Path, tmp_path: P
         train_tokenizer.main(stage_a_args(data_dir, tmp_path / "tok", *stage_a, "--steps", "3", "--resume"))
 
 
+def test_stage_a_cache_dir_keeps_latents_and_anchors_for_the_next_run(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vae_dir = train_vae.main(["--preset", "test", "--data", str(data_dir), "--out", str(tmp_path / "vae")])
+    base = ["--space", "vae", "--vae", str(vae_dir), "--steps", "2"]
+    cache = ["--cache-dir", str(tmp_path / "cache")]
+    plain = train_tokenizer.main(stage_a_args(data_dir, tmp_path / "plain", *base, "--lam", "0.5"))
+    first = train_tokenizer.main(stage_a_args(data_dir, tmp_path / "first", *base, *cache, "--lam", "0.5"))
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == ["anchors", "latents"]
+    # Another λ on the same backbone and VAE encodes nothing: both come from the cache.
+    plain_b = train_tokenizer.main(stage_a_args(data_dir, tmp_path / "plain-b", *base, "--lam", "0.25"))
+    with monkeypatch.context() as m:
+        m.setattr(train_tokenizer, "encode_dataset", lambda *a, **k: pytest.fail("encoded again"))
+        second = train_tokenizer.main(
+            stage_a_args(data_dir, tmp_path / "second", *base, *cache, "--lam", "0.25")
+        )
+    # What the cache holds is what the run computes: the weights are bitwise those of runs without it.
+    for with_cache, without in ((first, plain), (second, plain_b)):
+        _assert_same_state(
+            load_file(with_cache / "tokenizer.safetensors"), load_file(without / "tokenizer.safetensors")
+        )
+    # Another VAE is another key: its latents are computed and stored beside the first ones.
+    other_vae = train_vae.main(
+        ["--preset", "test", "--seed", "1", "--data", str(data_dir), "--out", str(tmp_path / "vae-b")]
+    )
+    other = [*base[:2], "--vae", str(other_vae), *base[4:], *cache, "--lam", "inf"]
+    train_tokenizer.main(stage_a_args(data_dir, tmp_path / "other", *other))
+    assert len(list((tmp_path / "cache").glob("latents-*.pt"))) == 2
+
+
 def test_cached_latents_are_the_image_spaces_encoding(data_dir: Path) -> None:
     from diffusers import AutoencoderKL
 

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Every command that makes the shipped emoji models, in order, at one scale:
 #
-#   bash train/reproduce.sh cpu     2 CPU cores, JOBS=2. Sessions 19-20's run from a clean clone,
-#                                   measured per stage: VAE beside the DAE backbone 32 min, the other
-#                                   backbones beside the VAE decoder's fine-tune 27, the default's
-#                                   stage A alone on both cores 32, the rows beside the default's class
-#                                   generator 50, the text generator beside the rows' class generators
-#                                   39, export + evaluation + ship 23: 203 min (3.4 h), over the 2.5 h
-#                                   aim. Since then every stage in bf16 autocast and the default's two
-#                                   generators beside the rows (session 21: stages 1-3 run again,
-#                                   measured; the whole ~2.8 h projected; MODEL_CARD.md)
+#   bash train/reproduce.sh cpu     2 CPU cores, JOBS=2. The bf16 run of sessions 21-22 from a clean
+#                                   clone, per stage at its measured step rates (one core per job, none
+#                                   beside it): VAE beside the DAE backbone 22 min, the other backbones
+#                                   beside the VAE decoder's fine-tune 21, the default's stage A alone
+#                                   on both cores 34, the rows beside the default's two generators 72.5,
+#                                   the rows' class generators 9, export + evaluation + ship 20: about
+#                                   179 min (3.0 h; sessions 19-20's fp32-upstream run: 203). Since
+#                                   then: stages 1-2 as one, each row's class generator chained after
+#                                   its stage A, the default's evaluation first, the VAE latents and
+#                                   cosine anchors cached across stage-A runs: about 166 min projected
+#                                   from the same step times, still over the 2.5 h aim (MODEL_CARD.md)
 #   bash train/reproduce.sh gpu     one GPU: the gpu-* presets, the λ sweep and backbone runs side by side
 #   bash train/reproduce.sh test    tiny presets, seconds (tests/test_reproduce.py)
 #
@@ -155,12 +157,25 @@ BACKBONES=(random clip mae dino dae)
 PAIRS=()
 for lam in $LAMBDAS; do PAIRS+=("$MAIN:$lam"); done
 for b in "${BACKBONES[@]}"; do [[ $b == "$MAIN" ]] || PAIRS+=("$b:$DEFAULT_LAM"); done
-SPACE=(--space vae --vae "$RUNS/vae-decoder/vae")  # the fine-tuned decoder, the same latents
+# The fine-tuned decoder, the same latents; every stage-A run encodes the training images with the VAE
+# (and, at 0 < λ < inf, its backbone's original tokens): kept once in a cache for the runs after it.
+SPACE=(--space vae --vae "$RUNS/vae-decoder/vae" --cache-dir "$RUNS/stage-a-cache")
 
-# 1. The VAE (the latent space of every decoder) and the main backbone: what the default model's
-#    stage A needs, so that its run (the longest) can start first.
-run vae "$RUNS/vae/log.jsonl" \
-  python train/train_vae.py "${VAE[@]}" --data "$DATA" --out "$RUNS/vae" --resume "${EXTRA[@]}"
+# 1. The latent space and the backbones, one stage on JOBS lanes: the VAE then its decoder fine-tuned on
+#    whole images on one lane (the VAE trains on 32 px crops and decodes whole images far worse than
+#    crops until then: see train_vae.py), the main backbone beside it (the two that the default model's
+#    stage A needs, so they start first), then the other backbones and a separate feature network for
+#    the Fréchet distances (another seed: none of the compared backbones measures itself), in the
+#    order that ends both lanes together at the cpu scale's measured times (one core each, session 21:
+#    VAE 22 + its decoder 7.75, DAE 21, CLIP 6, DINO 7, MAE 8, feature network 6.5 min: about 40.5 min,
+#    where sessions 19-22 ran them as two stages, 22 + 21 min at the same rates).
+latent_space() {
+  finished "$RUNS/vae/log.jsonl" || python train/train_vae.py "${VAE[@]}" --data "$DATA" --out "$RUNS/vae" \
+    --resume "${EXTRA[@]}" || return 1
+  python train/train_vae.py "${VAE_DECODER[@]}" --finetune-decoder "$RUNS/vae/vae" --data "$DATA" \
+    --out "$RUNS/vae-decoder" --resume "${EXTRA[@]}"
+}
+run latent-space "$RUNS/vae-decoder/log.jsonl" latent_space
 backbone() {
   local b=$1 done_file=$RUNS/backbones/$1/log.jsonl
   [[ $b == random ]] && done_file=$RUNS/backbones/$b/backbone.safetensors  # trains nothing
@@ -169,21 +184,18 @@ backbone() {
     --data "$DATA" --out "$RUNS/backbones/$b" --resume "${EXTRA[@]}"
 }
 backbone "$MAIN"
-finish
-
-# 2. The other backbones and a separate feature network for the Fréchet distances (another seed: none
-#    of the compared backbones measures itself); the VAE's decoder fine-tuned on whole images (the VAE
-#    trains on 32 px crops, and decodes whole images far worse than crops until then: see train_vae.py).
-run vae-decoder "$RUNS/vae-decoder/log.jsonl" \
-  python train/train_vae.py "${VAE_DECODER[@]}" --finetune-decoder "$RUNS/vae/vae" --data "$DATA" \
-  --out "$RUNS/vae-decoder" --resume "${EXTRA[@]}"
-for b in "${BACKBONES[@]}"; do [[ $b == "$MAIN" ]] || backbone "$b"; done
-run features "$RUNS/features/log.jsonl" \
-  python train/pretrain_backbone.py --method "$FEATURES_METHOD" "${PRE[@]}" \
-  --steps "${PRE_STEPS[$FEATURES_METHOD]}" --seed 1 --data "$DATA" --out "$RUNS/features" --resume "${EXTRA[@]}"
+for b in clip dino mae features dae random; do  # every backbone of BACKBONES
+  if [[ $b == features ]]; then
+    run features "$RUNS/features/log.jsonl" \
+      python train/pretrain_backbone.py --method "$FEATURES_METHOD" "${PRE[@]}" \
+      --steps "${PRE_STEPS[$FEATURES_METHOD]}" --seed 1 --data "$DATA" --out "$RUNS/features" --resume "${EXTRA[@]}"
+  elif [[ $b != "$MAIN" ]]; then
+    backbone "$b"
+  fi
+done
 finish; stop_after backbones
 
-# 3. The default model's own stage A, the recipe's longest step, alone on every core: one process on
+# 2. The default model's own stage A, the recipe's longest step, alone on every core: one process on
 #    both cores runs as many stage-A steps as two one-core lanes together (62.5 against 33 + 33
 #    images/s, session 13), so beside other steps it would take twice as long and leave a lane idle.
 ALL_THREADS=$((JOBS * ${OMP_NUM_THREADS:-1}))
@@ -195,12 +207,13 @@ if (( OWN_MAIN )); then
   finish
 fi
 
-# 4. Stage A of the ablation rows ([cls] embedding + decoder), beside the default model's two
-#    generators, one after the other on one lane: the text generator from the tokenizer, then the class
-#    generator from its output (a tokenizer folder keeps the generator it has). Neither depends on the
-#    other (each trains on the same cached tokens), so this order makes the same model as class-then-text
-#    and puts both beside the rows (~54 one-core min against their ~62) instead of leaving the text
-#    generator for a stage of its own.
+# 3. The ablation rows, each a chain on one lane: its stage A ([cls] embedding + decoder), then its class
+#    generator (stage B; each row's gFD needs one); with STAGE=tokenizers, stage A only. Beside them the
+#    default model's two generators, one after the other on one lane: the text generator from the
+#    tokenizer, then the class generator from its output (a tokenizer folder keeps the generator it
+#    has). Neither depends on the other (each trains on the same cached tokens), so this order makes the
+#    same model as class-then-text. As one pool of jobs the lanes end within a row of each other;
+#    session 21 still ran the rows' class generators as a stage of their own after all the stage As.
 MAIN_RUN=$RUNS/main  # the default model with both generators: what export takes
 MAIN_TEXT_RUN=$RUNS/text-main
 text_generator() {  # THREADS TOKENIZER_RUN OUT_RUN
@@ -214,35 +227,36 @@ main_generators() {
     --tokenizer "$MAIN_TEXT_RUN/model" --cond class --label subcategory --out "$MAIN_RUN" --resume "${EXTRA[@]}"
 }
 (( OWN_MAIN )) && run main-generators "$MAIN_RUN/log.jsonl" main_generators "${OMP_NUM_THREADS:-1}"
+row() {  # BACKBONE LAM
+  local b=$1 lam=$2
+  finished "$(tok "$b" "$lam")/log.jsonl" || python train/train_tokenizer.py "${TOK[@]}" --data "$DATA" \
+    --backbone "$RUNS/backbones/$b" "${SPACE[@]}" --lam "$lam" --out "$(tok "$b" "$lam")" --resume "${EXTRA[@]}" \
+    || return 1
+  [[ $STAGE == tokenizers ]] && return 0
+  python train/train_generator.py "${GEN[@]}" --data "$DATA" --tokenizer "$(tok "$b" "$lam")/model" \
+    --cond class --label subcategory --out "$(gen "$b" "$lam")" --resume "${EXTRA[@]}"
+}
 for pair in "${PAIRS[@]}"; do
   b=${pair%%:*} lam=${pair##*:}
-  run "tok-$b-lam$lam" "$(tok "$b" "$lam")/log.jsonl" \
-    python train/train_tokenizer.py "${TOK[@]}" --data "$DATA" --backbone "$RUNS/backbones/$b" \
-    "${SPACE[@]}" --lam "$lam" --out "$(tok "$b" "$lam")" --resume "${EXTRA[@]}"
+  row_done=$(gen "$b" "$lam")/log.jsonl
+  [[ $STAGE == tokenizers ]] && row_done=$(tok "$b" "$lam")/log.jsonl
+  run "row-$b-lam$lam" "$row_done" row "$b" "$lam"
 done
-SEED_TWIN=$(tok "$MAIN" "$DEFAULT_LAM")-seed1
+SEED_TWIN=$(tok "$MAIN" "$DEFAULT_LAM")-seed1  # stage A only: its reconstructions give the noise band
 run "tok-$MAIN-lam$DEFAULT_LAM-seed1" "$SEED_TWIN/log.jsonl" \
   python train/train_tokenizer.py "${TOK[@]}" --data "$DATA" --backbone "$RUNS/backbones/$MAIN" \
   "${SPACE[@]}" --lam "$DEFAULT_LAM" --seed 1 --out "$SEED_TWIN" --resume "${EXTRA[@]}"
 finish
 stop_after tokenizers
 
-# 5. Stage B: a class generator per ablation row (each row's gFD needs one), two at a time; where the
-#    default model is an ablation row (no run of its own), its text generator after them, on every core.
-for pair in "${PAIRS[@]}"; do
-  b=${pair%%:*} lam=${pair##*:}
-  run "gen-$b-lam$lam" "$(gen "$b" "$lam")/log.jsonl" \
-    python train/train_generator.py "${GEN[@]}" --data "$DATA" --tokenizer "$(tok "$b" "$lam")/model" \
-    --cond class --label subcategory --out "$(gen "$b" "$lam")" --resume "${EXTRA[@]}"
-done
-finish
+# 4. Where the default model is an ablation row (no run of its own), its text generator on every core.
 if (( ! OWN_MAIN )); then
   run main-text "$MAIN_RUN/log.jsonl" text_generator "$ALL_THREADS" "$MAIN_GEN_RUN" "$MAIN_RUN"
   finish
 fi
 stop_after generators
 
-# 6. Export for evaluation: fp16 weights (each backbone once) with every generator, and the feature
+# 5. Export for evaluation: fp16 weights (each backbone once) with every generator, and the feature
 #    network. The main model first (the app's default), then every ablation row (with its own run on
 #    the main backbone at the default λ, when the default model had a longer one).
 EXPORT=(--model "reptok-emoji=$MAIN_RUN/model")
@@ -257,13 +271,16 @@ run export "$RUNS/export/features/config.json" \
   --decode-shift "$SHIP_SHIFT" --cfg-scale "$SHIP_CFG" --generate-temperature "$SHIP_GEN_T"
 finish; stop_after export
 
-# 7. Evaluate what ships, on the held-out split: metrics.json next to each exported model's weights,
+# 6. Evaluate what ships, on the held-out split: metrics.json next to each exported model's weights,
 #    so the model card's numbers are re-measured from the exported files alone. The seed twin (not
 #    shipped) is evaluated from its run folder: its reconstruction metrics give the noise band.
 [[ -f $UNSEEN ]] && EVAL+=(--unseen-data "$UNSEEN")
 EVAL+=(--cache-dir "$RUNS/eval-cache")  # the class probe's bank of training features, computed once
-for model in "$RUNS"/export/models/*/; do
-  model=${model%/}
+# The default model first: it has both generators, so its evaluation is the longest (6 min against the
+# rows' 4 in sessions 19-20, where it came last and left a lane idle).
+MODELS=("$RUNS/export/models/reptok-emoji")
+for model in "$RUNS"/export/models/*/; do [[ $model == */reptok-emoji/ ]] || MODELS+=("${model%/}"); done
+for model in "${MODELS[@]}"; do
   run "eval-$(basename "$model")" "$model/metrics.json" \
     python train/evaluate.py --model "$model" --data "$DATA" --features "$RUNS/export/features" \
     --label subcategory "${EVAL[@]}"
@@ -274,7 +291,7 @@ run "eval-seed1" "$SEED_TWIN/model/metrics.json" \
   --cfg-scale "$SHIP_CFG" --generate-temperature "$SHIP_GEN_T" "${EVAL[@]}"  # as the exported rows
 finish
 
-# 8. What ships: the main model whole; every ablation row as its tokenizer alone (the app only
+# 7. What ships: the main model whole; every ablation row as its tokenizer alone (the app only
 #    reconstructs with them, and assets/ stays under 200 MB), with the metrics.json measured above
 #    with its class generator; the feature network; the manifold of the main backbone's λ settings.
 SHIP=(--model "reptok-emoji=$RUNS/export/models/reptok-emoji") ONLY=()

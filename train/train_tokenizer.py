@@ -49,12 +49,17 @@ from train.loop_config import TrainConfig, to_plain
 from train.stage_a_setup import (
     build_encoder,
     build_image_space,
+    cached_encoding,
     encode_dataset,
+    encoding_key,
     frozen_tokens,
     is_reptok_model,
     stage_a_steps,
     start_from,
 )
+
+# The VAE's decoding half: stage A never calls it (a fine-tuned decoder leaves the latents as they were).
+VAE_DECODER_KEYS = ("vae.decoder.", "vae.post_quant_conv.")
 
 
 @dataclass
@@ -226,6 +231,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument("--space", choices=["pixel", "vae"], default="pixel", help="where the flow runs")
     parser.add_argument(
+        "--cache-dir", type=Path, default=None,
+        help="keep the VAE latents and cosine anchors of the training images here for the next run on "
+        "the same VAE / backbone and data (default: compute them each run)",
+    )  # fmt: skip
+    parser.add_argument(
         "--vae", default=None, help="--space vae: AutoencoderKL hub name, folder or .json config"
     )
     parser.add_argument(
@@ -296,17 +306,26 @@ def main(argv: Sequence[str] | None = None) -> Path:
         f"stage A | preset {args.preset} | {len(dataset)} images | backbone {backbone_source} | "
         f"λ = {args.lam} | decoder {sum(p.numel() for p in decoder.parameters()) / 1e6:.1f}M"
     )
-    cached = (
-        encode_dataset(image_space.encode, dataset, device=trainer.device)
-        if space_config.kind == "vae"
-        else None
-    )
+    # Both are the same for every run on the same VAE / backbone and data: --cache-dir keeps them.
+    device = f"{trainer.device.type} x{torch.get_num_threads()} threads"  # results may differ by threads
+    cached = None
+    if space_config.kind == "vae":
+        read = {k: v for k, v in image_space.state_dict().items() if not k.startswith(VAE_DECODER_KEYS)}
+        cached = cached_encoding(
+            args.cache_dir,
+            encoding_key("latents", read, dataset, space=to_plain(space_config), device=device),
+            lambda: encode_dataset(image_space.encode, dataset, device=trainer.device),
+        )
     # The cosine anchor's targets, once: only 0 < λ < inf has one.
-    anchors = (
-        encode_dataset(frozen_tokens(encoder), dataset, device=trainer.device)
-        if 0.0 < args.lam < float("inf")
-        else None
-    )
+    anchors = None
+    if 0.0 < args.lam < float("inf"):
+        read = {k: v for k, v in encoder.state_dict().items() if k != "backbone.cls_token"}  # the original's
+        about = to_plain(encoder.config.replace(cosine_weight=0.0))  # normalisation, shape; not λ
+        anchors = cached_encoding(
+            args.cache_dir,
+            encoding_key("anchors", read, dataset, encoder=about, device=device),
+            lambda: encode_dataset(frozen_tokens(encoder), dataset, device=trainer.device),
+        )
     trainer.fit(trainer.batches(dataset), tokenizer_loss(args.time_schedule, cached, anchors))
 
     out = args.out / "model"
