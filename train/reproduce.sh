@@ -168,7 +168,7 @@ SPACE=(--space vae --vae "$RUNS/vae-decoder/vae" --cache-dir "$RUNS/stage-a-cach
 #    the Fréchet distances (another seed: none of the compared backbones measures itself), in the
 #    order that ends both lanes together at the cpu scale's measured times (one core each, session 21:
 #    VAE 22 + its decoder 7.75, DAE 21, CLIP 6, DINO 7, MAE 8, feature network 6.5 min: about 40.5 min,
-#    where sessions 19-22 ran them as two stages, 22 + 21 min at the same rates).
+#    where sessions 19-21 ran them as two stages, 22 + 21 min at the same rates).
 latent_space() {
   finished "$RUNS/vae/log.jsonl" || python train/train_vae.py "${VAE[@]}" --data "$DATA" --out "$RUNS/vae" \
     --resume "${EXTRA[@]}" || return 1
@@ -213,7 +213,7 @@ fi
 #    tokenizer, then the class generator from its output (a tokenizer folder keeps the generator it
 #    has). Neither depends on the other (each trains on the same cached tokens), so this order makes the
 #    same model as class-then-text. As one pool of jobs the lanes end within a row of each other;
-#    session 21 still ran the rows' class generators as a stage of their own after all the stage As.
+#    the run of sessions 21-22 still had the rows' class generators as a stage after all the stage As.
 MAIN_RUN=$RUNS/main  # the default model with both generators: what export takes
 MAIN_TEXT_RUN=$RUNS/text-main
 text_generator() {  # THREADS TOKENIZER_RUN OUT_RUN
