@@ -52,9 +52,10 @@ def fingerprint(named: Mapping[str, Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_atomic(state: dict[str, Any], path: Path) -> None:
-    """torch.save to a temp file, fsync, os.replace: a kill never leaves half a file at `path`."""
-    tmp = path.with_name(path.name + ".tmp")
+def save_atomic(state: Any, path: Path) -> None:
+    """torch.save to a temp file, fsync, os.replace: a kill never leaves half a file at `path`, and
+    two processes writing the same file (a shared cache) each write their own temp file."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with tmp.open("wb") as f:
         torch.save(state, f)
         f.flush()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from torch import Tensor
 from reptok.decoder import Decoder, ImageSpace, ImageSpaceConfig
 from reptok.encoder import ENCODER_PRESETS, Encoder
 from reptok.pipeline import RepTok
-from train.checkpoint import fingerprint
+from train.checkpoint import fingerprint, save_atomic
 from train.pretrain_backbone import load_encoder
 
 
@@ -114,37 +113,34 @@ def encode_dataset(
     return torch.cat(chunks)
 
 
-def encoding_key(what: str, weights: dict[str, Tensor], dataset: Any, **about: Any) -> dict[str, Any]:
-    """What an `encode_dataset` result depends on: the weights it reads, the images in dataset order,
-    and `about` (plain settings that are not weights, e.g. the latent scale, the device)."""
+def cached_encoding(
+    cache_dir: Path | None,
+    what: str,
+    weights: dict[str, Tensor],
+    dataset: Any,
+    make: Callable[[], Tensor],
+    **about: Any,
+) -> Tensor:
+    """`make()` (an `encode_dataset` of `dataset`), kept in `cache_dir` for the next stage-A run that
+    would compute the same thing: every run of a recipe encodes the same images with the same VAE,
+    and the runs on one backbone share its anchors (about a minute each on one core). The file is
+    named by a digest of what the result depends on: the `weights` it reads, the images in dataset
+    order and `about` (plain settings that are not weights, e.g. the latent scale, the device and
+    thread count, which can change the last bits). It holds exactly what `make` returned, so a run
+    with the cache trains bitwise as one without it."""
+    if cache_dir is None:
+        return make()
     images = hashlib.sha256()
     for i in range(len(dataset)):
         images.update(dataset[i]["image"].numpy().tobytes())
-    return {
-        "what": what,
-        "weights": fingerprint(weights),
-        "images": images.hexdigest(),
-        "n": len(dataset),
-    } | about
-
-
-def cached_encoding(cache_dir: Path | None, key: dict[str, Any], make: Callable[[], Tensor]) -> Tensor:
-    """`make()`, kept in `cache_dir` under a digest of `key` (`encoding_key`) for the next stage-A run
-    that would compute the same thing: every run of a recipe encodes the same images with the same
-    VAE, and the runs on one backbone share its anchors (about a minute each on one core). The file
-    holds exactly what `make` returned, so a run with the cache trains bitwise as one without it
-    (the key names the device and thread count: they can change the last bits)."""
-    if cache_dir is None:
-        return make()
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(cache_dir) / f"{key['what']}-{digest}.pt"
+    key = {"what": what, "weights": fingerprint(weights), "images": images.hexdigest(), "n": len(dataset)}
+    digest = hashlib.sha256(json.dumps(key | about, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"{what}-{digest}.pt"
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True)
     value = make()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two runs may write it at once
-    torch.save(value.cpu(), tmp)
-    os.replace(tmp, path)
+    save_atomic(value.cpu(), path)
     return value
 
 

@@ -48,6 +48,7 @@ from reptok.generator import (
 from reptok.pipeline import RepTok
 from reptok.text import FrozenTextEncoder, TextEncoderConfig
 from train.batches import seed_everything
+from train.checkpoint import save_atomic
 from train.cli import add_time_schedule_arg, add_train_args, stage_parser, train_config_from_args
 from train.common import LossFn, Trainer
 from train.data import build_dataset
@@ -172,9 +173,7 @@ def load_or_encode(path: Path, key: dict[str, Any], make: Any, resume: bool) -> 
             )
     cache = make() | {"key": key}
     if PartialState().is_main_process:  # every process encodes (deterministic); one writes
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(cache, tmp)
-        os.replace(tmp, path)
+        save_atomic(cache, path)
     return cache
 
 

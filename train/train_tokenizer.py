@@ -51,7 +51,6 @@ from train.stage_a_setup import (
     build_image_space,
     cached_encoding,
     encode_dataset,
-    encoding_key,
     frozen_tokens,
     is_reptok_model,
     stage_a_steps,
@@ -312,20 +311,20 @@ def main(argv: Sequence[str] | None = None) -> Path:
     if space_config.kind == "vae":
         read = {k: v for k, v in image_space.state_dict().items() if not k.startswith(VAE_DECODER_KEYS)}
         cached = cached_encoding(
-            args.cache_dir,
-            encoding_key("latents", read, dataset, space=to_plain(space_config), device=device),
+            args.cache_dir, "latents", read, dataset,
             lambda: encode_dataset(image_space.encode, dataset, device=trainer.device),
-        )
+            space=to_plain(space_config), device=device,
+        )  # fmt: skip
     # The cosine anchor's targets, once: only 0 < λ < inf has one.
     anchors = None
     if 0.0 < args.lam < float("inf"):
         read = {k: v for k, v in encoder.state_dict().items() if k != "backbone.cls_token"}  # the original's
         about = to_plain(encoder.config.replace(cosine_weight=0.0))  # normalisation, shape; not λ
         anchors = cached_encoding(
-            args.cache_dir,
-            encoding_key("anchors", read, dataset, encoder=about, device=device),
+            args.cache_dir, "anchors", read, dataset,
             lambda: encode_dataset(frozen_tokens(encoder), dataset, device=trainer.device),
-        )
+            encoder=about, device=device,
+        )  # fmt: skip
     trainer.fit(trainer.batches(dataset), tokenizer_loss(args.time_schedule, cached, anchors))
 
     out = args.out / "model"
