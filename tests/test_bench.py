@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench import efficiency, latency
+from bench import cpu_attention, efficiency, latency
 from bench.app_process import AppProbe, measure_app
 from bench.common import markdown_table, percentile, write_results
 from bench.efficiency_report import flops_to_reach
@@ -132,6 +132,18 @@ def test_efficiency_writes_json_and_table(
     section = _section(tmp_path, "efficiency")
     assert "| generator | generates | parameters |" in section and f"| target {metric} |" in section
     assert "never called FID" not in section and "(not FID)" in section
+
+
+def test_cpu_attention_writes_json_and_tables(tmp_path: Path) -> None:
+    payload = cpu_attention.main(["--scale", "test", "--repeats", "1", "--out", str(tmp_path)])
+    assert json.loads((tmp_path / "cpu_attention.json").read_text()) == payload
+    (row,) = payload["attention"]
+    for variant in ("fused", "math", "written out"):
+        assert row[f"{variant} ms"] > 0 and 0 < row[f"{variant} error"] < 0.1  # bf16-sized, not broken
+    assert len(payload["steps"]) == len(cpu_attention.step_builders("test"))
+    assert all(r["written out s"] > 0 and math.isfinite(r["speed-up"]) for r in payload["steps"])
+    section = _section(tmp_path, "cpu_attention")
+    assert section.count("\n|") >= 2 + len(payload["steps"]) + 2  # both tables, headers and rows
 
 
 def test_flops_to_reach_interpolates_and_says_never() -> None:

@@ -53,7 +53,9 @@ from train.checkpoint import (
     save_atomic,
     set_rng_state,
 )
+from train.cpu_attention import explicit_attention
 from train.loop_config import TrainConfig, autocast_dtype, config_differences, to_plain
+from train.step_metrics import Window, batch_len
 
 LossFn = Callable[[nn.Module, dict[str, Any], torch.Generator], tuple[Tensor, dict[str, float | Tensor]]]
 # ----------------------------------------------------------------------------------- the trainer
@@ -293,9 +295,15 @@ class Trainer:
     # ----------------------------------------------------------------------------------- loop
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The forward pass's context: autocast, and on a CPU in bf16 the written-out attention
+        (train/cpu_attention.py: PyTorch's fused CPU kernel is several times slower there)."""
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.autocast(self.device.type, dtype=self.autocast_dtype))
+        if self.device.type == "cpu":
+            stack.enter_context(explicit_attention())
+        return stack
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -322,7 +330,7 @@ class Trainer:
         )
         refresh = 1 if self.device.type == "cpu" else 10  # a .item() per step costs nothing on a CPU
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not self.is_main, desc=self.out_dir.name)
-        for_bar, for_log = _Window(), _Window()
+        for_bar, for_log = Window(), Window()
         deadline = time.perf_counter() + 60.0 * cfg.max_minutes if cfg.max_minutes else math.inf
         while self.step < cfg.steps:
             step_start = time.perf_counter()
@@ -342,7 +350,7 @@ class Trainer:
             self.elapsed_s += time.perf_counter() - step_start
 
             values = {"loss": loss, **metrics, "grad_norm": grad_norm}
-            n_images = _batch_len(batch) * self.world_size
+            n_images = batch_len(batch) * self.world_size
             for window in (for_bar, for_log):
                 window.add(values, n_images)
             bar.update(1)
@@ -389,32 +397,3 @@ class Trainer:
             return False
         flag = torch.tensor(float(late), device=self.device)
         return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
-
-
-class _Window:
-    """Sums of the step metrics since the last flush; device tensors, so no GPU sync per step."""
-
-    def __init__(self) -> None:
-        self.sums: dict[str, Tensor] = {}
-        self.steps, self.images, self.start = 0, 0, time.perf_counter()
-
-    def add(self, values: Mapping[str, float | Tensor], images: int) -> None:
-        for name, value in values.items():
-            value = torch.as_tensor(value).detach().float()
-            self.sums[name] = self.sums[name] + value if name in self.sums else value
-        self.steps, self.images = self.steps + 1, self.images + images
-
-    def flush(self) -> tuple[dict[str, float], float]:
-        """(mean of each metric, images per second) since the last flush."""
-        now = time.perf_counter()
-        means = {k: float(v) / max(self.steps, 1) for k, v in self.sums.items()}
-        rate = self.images / max(now - self.start, 1e-9)
-        self.sums, self.steps, self.images, self.start = {}, 0, 0, now
-        return means, rate
-
-
-def _batch_len(batch: Mapping[str, Any]) -> int:
-    for value in batch.values():
-        if isinstance(value, Tensor) and value.dim() > 0:
-            return int(value.shape[0])
-    return len(next(iter(batch.values())))

@@ -11,7 +11,9 @@
 #                                   then: stages 1-2 as one, each row's class generator chained after
 #                                   its stage A, the default's evaluation first, the VAE latents and
 #                                   cosine anchors cached across stage-A runs: about 166 min projected
-#                                   from the same step times, still over the 2.5 h aim (MODEL_CARD.md)
+#                                   from the same step times. Session 23: attention written out in bf16
+#                                   on a CPU (train/cpu_attention.py; stage A 1.3x, text generator 1.6x,
+#                                   backbones 1.3x per step): about 138 min projected (MODEL_CARD.md)
 #   bash train/reproduce.sh gpu     one GPU: the gpu-* presets, the λ sweep and backbone runs side by side
 #   bash train/reproduce.sh test    tiny presets, seconds (tests/test_reproduce.py)
 #
