@@ -13,7 +13,8 @@
 #                                   cosine anchors cached across stage-A runs: about 166 min projected
 #                                   from the same step times. Session 23: attention written out in bf16
 #                                   on a CPU (train/cpu_attention.py; stage A 1.3x, text generator 1.6x,
-#                                   backbones 1.3x per step): about 138 min projected (MODEL_CARD.md)
+#                                   backbones 1.3x per step): run from a clean clone, 38 / 30 / 59 min
+#                                   for stages 1-3, 128 min through export (evaluation ~20 more)
 #   bash train/reproduce.sh gpu     one GPU: the gpu-* presets, the λ sweep and backbone runs side by side
 #   bash train/reproduce.sh test    tiny presets, seconds (tests/test_reproduce.py)
 #
