@@ -8,7 +8,8 @@ the app can offer a model added while it runs (app_parts/official.py).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from operator import attrgetter
+from typing import Any, Literal
 
 import gradio as gr
 from gradio.data_classes import ImageData
@@ -16,6 +17,9 @@ from gradio.data_classes import ImageData
 from app_parts.handlers import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_TEMPERATURE, Explorer
 from app_parts.imaging import HELD_OUT_HELP
 from app_parts.registry import NO_MODEL_MESSAGE, Ability, ModelRegistry
+from reptok.model_config import SamplingConfig
+
+Generates = Literal["class", "text"]  # the abilities whose tabs sample (and have guidance settings)
 
 PROMPT_EXAMPLES = ["red apple", "smiling face with sunglasses", "blue car", "red heart"]
 # Classes of the shipped emoji model whose samples read well (rows of the model card's class grid,
@@ -82,15 +86,20 @@ def decoder_temperature(models: ModelRegistry) -> gr.Slider:
     )
 
 
-def defaults_follow_model(model: gr.Dropdown, models: ModelRegistry, sliders: dict[gr.Slider, str]) -> None:
-    """Picking a model sets each slider to that model's own default for its `SamplingConfig` field
-    (decoder steps: emoji models 4, the official XL 50; τ; the guidance scale; T), as a diffusers
-    pipeline's defaults come with its checkpoint; the sliders then override them."""
-    fields = list(sliders.values())
+def defaults_follow_model(
+    model: gr.Dropdown,
+    models: ModelRegistry,
+    sliders: dict[gr.Slider, str | Callable[[SamplingConfig], float]],
+) -> None:
+    """Picking a model sets each slider to that model's own default: a `SamplingConfig` field by name
+    (decoder steps: emoji models 4, the official XL 50; τ; the guidance scale; T) or a function of
+    it (the guidance interval's ends), as a diffusers pipeline's defaults come with its checkpoint;
+    the sliders then override them."""
+    getters = [attrgetter(f) if isinstance(f, str) else f for f in sliders.values()]
 
     def defaults(label: str) -> list[gr.Slider]:
         sampling = models.entry(label).config.sampling
-        return [gr.Slider(value=getattr(sampling, name)) for name in fields]
+        return [gr.Slider(value=get(sampling)) for get in getters]
 
     model.change(defaults, model, list(sliders), api_visibility="private")
 
@@ -117,11 +126,11 @@ def opening_class(names: list[str]) -> str | None:
     return next((c for c in CLASS_EXAMPLES if c in names), names[0] if names else None)
 
 
-def sampling_controls(models: ModelRegistry, can: Ability) -> list[Any]:
+def sampling_controls(models: ModelRegistry, can: Generates) -> list[Any]:
     """cfg, interval lo/hi, steps, seed, n, generator T: shared by the class and text tabs."""
     label = models.default_for(can)
     sampling = models.entry(label).config.sampling if label is not None else None
-    lo, hi = sampling.cfg_interval if sampling else (0.3, 0.9)
+    lo, hi = sampling.guidance_interval(can) if sampling else (0.3, 0.9)
     with gr.Row():
         cfg = gr.Slider(0, 10, value=sampling.cfg_scale if sampling else 1.5, step=0.1, label="CFG scale")
         n = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
@@ -138,9 +147,19 @@ def sampling_controls(models: ModelRegistry, can: Ability) -> list[Any]:
     return [cfg, lo_s, hi_s, steps, seed, n, temperature]
 
 
-def sampling_defaults_follow_model(model: gr.Dropdown, models: ModelRegistry, controls: list[Any]) -> None:
-    """`defaults_follow_model` for `sampling_controls`: steps, guidance scale and generator T."""
-    fields = {controls[3]: "decode_steps", controls[0]: "cfg_scale", controls[6]: "generate_temperature"}
+def sampling_defaults_follow_model(
+    model: gr.Dropdown, models: ModelRegistry, controls: list[Any], can: Generates
+) -> None:
+    """`defaults_follow_model` for `sampling_controls`: steps, guidance scale, its interval (this
+    tab's generator's) and generator T."""
+    cfg, lo, hi, steps, _, _, temperature = controls
+    fields: dict[gr.Slider, str | Callable[[SamplingConfig], float]] = {
+        steps: "decode_steps",
+        cfg: "cfg_scale",
+        lo: lambda s: s.guidance_interval(can)[0],
+        hi: lambda s: s.guidance_interval(can)[1],
+        temperature: "generate_temperature",
+    }
     defaults_follow_model(model, models, fields)
 
 
@@ -219,7 +238,7 @@ def class_sampling_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
             button = gr.Button("Sample", variant="primary")
             expected_time(demo, app.estimate_sample, [model, controls[3], controls[5]])  # steps, n
         samples = gallery("Samples")
-    sampling_defaults_follow_model(model, models, controls)
+    sampling_defaults_follow_model(model, models, controls, "class")
     if examples:
         gr.Examples([[c] for c in examples], inputs=[name], label="Classes")
 
@@ -249,7 +268,7 @@ def text_prompts_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
             button = gr.Button("Sample", variant="primary")
             expected_time(demo, app.estimate_sample, [model, controls[3], controls[5]])  # steps, n
         samples = gallery("Samples")
-    sampling_defaults_follow_model(model, models, controls)
+    sampling_defaults_follow_model(model, models, controls, "text")
     gr.Examples([[p] for p in PROMPT_EXAMPLES], inputs=[prompt], label="Prompts")
     gr.on(
         [button.click, prompt.submit],

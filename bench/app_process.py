@@ -36,7 +36,8 @@ class AppProbe:
     prompt: str | None
     steps: int = 25
     cfg_scale: float = 1.5
-    cfg_interval: tuple[float, float] = (0.3, 0.9)
+    cfg_interval: tuple[float, float] = (0.3, 0.9)  # the class generator's
+    text_cfg_interval: tuple[float, float] = (0.3, 0.9)
     samples: int = 16
     frames: int = 8
 
@@ -152,7 +153,7 @@ def _every_endpoint(
     else:
         skipped["/sample_class"] = "skipped: no class generator, or no class names to choose from"
     if probe.prompt is not None:
-        calls["/sample_text"] = (probe.prompt, label, cfg, lo, hi, steps, 0, probe.samples)
+        calls["/sample_text"] = (probe.prompt, label, cfg, *probe.text_cfg_interval, steps, 0, probe.samples)
     else:
         skipped["/sample_text"] = "skipped: no text generator"
     seconds = {}

@@ -133,7 +133,8 @@ def actions(
 ) -> dict[str, Callable[[], Any] | str]:
     """Each action as the app calls it (a handler with the app's default controls), or why it is skipped."""
     sampling = explorer.models.entry(label).config.sampling
-    cfg, (lo, hi) = sampling.cfg_scale, sampling.cfg_interval
+    cfg = sampling.cfg_scale
+    (lo, hi), (text_lo, text_hi) = sampling.guidance_interval("class"), sampling.guidance_interval("text")
     a, b = work.uploads
     steps, seed = setting.steps, 0
     out: dict[str, Callable[[], Any] | str] = {
@@ -150,7 +151,9 @@ def actions(
         out["class_16"] = lambda: explorer.sample_class(name, label, cfg, lo, hi, steps, seed, N_SAMPLES)
     if work.prompt is not None:
         prompt = work.prompt
-        out["text_16"] = lambda: explorer.sample_text(prompt, label, cfg, lo, hi, steps, seed, N_SAMPLES)
+        out["text_16"] = lambda: explorer.sample_text(
+            prompt, label, cfg, text_lo, text_hi, steps, seed, N_SAMPLES
+        )
     if work.manifold:
         view = ManifoldView(explorer)  # every λ panel, with an upload placed in each
         out["manifold"] = lambda: view.plot(a)
@@ -329,7 +332,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if not args.skip_app:
             probe = AppProbe(
                 uploads=uploads, class_name=work.class_name, prompt=work.prompt, steps=sampling.decode_steps,
-                cfg_scale=sampling.cfg_scale, cfg_interval=tuple(sampling.cfg_interval),
+                cfg_scale=sampling.cfg_scale, cfg_interval=sampling.guidance_interval("class"),
+                text_cfg_interval=sampling.guidance_interval("text"),
             )  # fmt: skip
             app = measure_app(args.model, probe, manifold=args.manifold, timeout_s=args.app_timeout)
 

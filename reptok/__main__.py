@@ -60,7 +60,8 @@ def cmd_info(args: argparse.Namespace) -> int:
     print(f"text:         {cfg.text_encoder.name if cfg.text_generator and cfg.text_encoder else 'none'}")
     s = cfg.sampling
     print(f"sampling:     decoder {s.decode_sampler} × {s.decode_steps} (τ {s.decode_temperature}), generator {s.generate_sampler} × {s.generate_steps} (T {s.generate_temperature}), "
-          f"cfg {s.cfg_scale} in {list(s.cfg_interval)}")  # fmt: skip
+          f"cfg {s.cfg_scale} in {list(s.cfg_interval)}"
+          + (f" (text: {list(s.text_cfg_interval)})" if s.text_cfg_interval is not None else ""))  # fmt: skip
     return 0
 
 

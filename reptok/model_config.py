@@ -7,7 +7,7 @@ a newer format is refused with a message that says to upgrade.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from reptok.config import Config
 from reptok.decoder import DecoderConfig, ImageSpaceConfig
@@ -38,7 +38,18 @@ class SamplingConfig(Config):
     generate_temperature: float = 1.0
     generate_sampler: Sampler = "euler"
     cfg_scale: float = 1.5
+    # Guidance only for t in [lo, hi] (sampling.guided; the paper: [0.3, 0.9]). `cfg_interval` is the
+    # class generator's, and the text generator's unless `text_cfg_interval` is set: they are two
+    # different models, and each is best guided over its own range (the shipped default's choice and
+    # its measurements are in its model card).
     cfg_interval: tuple[float, float] = (0.3, 0.9)
+    text_cfg_interval: tuple[float, float] | None = None  # None: cfg_interval
+
+    def guidance_interval(self, cond: Literal["class", "text"]) -> tuple[float, float]:
+        """The default guidance interval of the class or the text generator."""
+        if cond == "text" and self.text_cfg_interval is not None:
+            return self.text_cfg_interval
+        return self.cfg_interval
 
 
 @dataclass

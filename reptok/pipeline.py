@@ -320,12 +320,14 @@ class RepTok:
         progress: ProgressFn | None = None,
     ) -> Tensor:
         """Generate tokens (B, 1, D), one per label or prompt, from noise scaled by `temperature`
-        (default: the config's `generate_temperature`)."""
+        (default: the config's `generate_temperature`), guided for t in `cfg_interval` (default:
+        the config's interval for that generator, `SamplingConfig.guidance_interval`)."""
         if (labels is None) == (prompts is None):
             raise ValueError("pass exactly one of labels= or prompts=")
         s = self.config.sampling
         scale = s.cfg_scale if cfg_scale is None else float(cfg_scale)
-        interval = tuple(cfg_interval) if cfg_interval is not None else s.cfg_interval
+        default = s.guidance_interval("class" if labels is not None else "text")
+        interval = tuple(cfg_interval) if cfg_interval is not None else default
         if labels is not None:
             gen = self.class_generator
             if gen is None:

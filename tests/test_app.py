@@ -226,6 +226,34 @@ def test_class_tab_opens_on_an_example_class_the_model_has(model_dir: Path, tmp_
         assert refill.fn(key[folder]).value == opening
 
 
+def test_each_sampling_tab_opens_on_its_generators_guidance_interval(model_dir: Path, tmp_path: Path) -> None:
+    """The class tab's interval sliders start at the model's `cfg_interval`, the text tab's at its
+    `text_cfg_interval`, and picking a model in either tab sets them to that model's own."""
+    model = RepTok.from_pretrained(model_dir)
+    model.config.sampling = model.config.sampling.replace(
+        cfg_interval=(0.0, 1.0), text_cfg_interval=(0.15, 0.9)
+    )
+    split = model.save_pretrained(tmp_path / "split", dtype=torch.float32)
+    registry = ModelRegistry([split, model_dir])
+    demo = build_demo(registry, manifold_path=tmp_path / "none.npz")
+    sliders = {
+        label: [b for b in demo.blocks.values() if type(b).__name__ == "Slider" and b.label == label]
+        for label in ("Guidance from t =", "Guidance until t =")
+    }
+    # built in tab order: Class sampling, then Text prompts
+    assert [s.value for s in sliders["Guidance from t ="]] == [0.0, 0.15]
+    assert [s.value for s in sliders["Guidance until t ="]] == [1.0, 0.9]
+    key = {Path(e.path).name: e.key for e in registry.entries.values()}
+    shared = RepTok.from_pretrained(model_dir).config.sampling.cfg_interval
+    for tab, expected in enumerate([(0.0, 1.0), (0.15, 0.9)]):
+        lo, hi = sliders["Guidance from t ="][tab], sliders["Guidance until t ="][tab]
+        (follow,) = [f for f in demo.fns.values() if {lo._id, hi._id} <= {o._id for o in f.outputs}]
+        where = [o._id for o in follow.outputs]
+        for folder, interval in (("split", expected), (model_dir.name, shared)):
+            values = follow.fn(key[folder])
+            assert (values[where.index(lo._id)].value, values[where.index(hi._id)].value) == tuple(interval)
+
+
 def test_sample_class(client: Client) -> None:
     gallery = client.predict(CLASS_NAMES[1], "tiny", 1.5, 0.3, 0.9, 2, 0, 3, api_name="/sample_class")
     assert len(gallery) == 3

@@ -203,22 +203,24 @@ def test_official_model_status_and_dropdown(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_sampler_defaults_follow_the_chosen_model(tmp_path: Path) -> None:
-    """Each model brings its own default decoder steps, decoder noise τ and guidance scale: picking it
-    in a tab's menu sets the sliders."""
+    """Each model brings its own default decoder steps, decoder noise τ, guidance scale and interval:
+    picking it in a tab's menu sets the sliders."""
     sync_api = pytest.importorskip("playwright.sync_api")
     from app import CSS, ModelRegistry, build_demo
     from reptok.pipeline import RepTok
     from tests.helpers import tiny_config
 
-    def write(name: str, steps: int, cfg: float, tau: float) -> Path:
+    def write(name: str, steps: int, cfg: float, tau: float, interval: tuple[float, float]) -> Path:
         model = RepTok.from_config(tiny_config(with_text=False))
         model.config.info = {"name": name}
         model.config.sampling = model.config.sampling.replace(
-            decode_steps=steps, cfg_scale=cfg, decode_temperature=tau
+            decode_steps=steps, cfg_scale=cfg, decode_temperature=tau, cfg_interval=interval
         )
         return model.save_pretrained(tmp_path / name, dtype=torch.float32)
 
-    models = ModelRegistry([write("fast", 2, 2.5, 0.3), write("slow", 37, 6.5, 0.85)])
+    models = ModelRegistry(
+        [write("fast", 2, 2.5, 0.3, (0.3, 0.9)), write("slow", 37, 6.5, 0.85, (0.1, 0.95))]
+    )
     demo = build_demo(models, manifold_path=tmp_path / "no.npz")
     port = _free_port()
     demo.queue().launch(
@@ -234,7 +236,15 @@ def test_sampler_defaults_follow_the_chosen_model(tmp_path: Path) -> None:
                 tau = "Decoder noise τ (0: no variation, 1: full spread)"
                 for tab_name, tab_id, sliders in [
                     ("Reconstruct", "tab-reconstruct", [("Decoder steps", "2", "37"), (tau, "0.3", "0.85")]),
-                    ("Class sampling", "tab-class-sampling", [("CFG scale", "2.5", "6.5")]),
+                    (
+                        "Class sampling",
+                        "tab-class-sampling",
+                        [
+                            ("CFG scale", "2.5", "6.5"),
+                            ("Guidance from t =", "0.3", "0.1"),
+                            ("Guidance until t =", "0.9", "0.95"),
+                        ],
+                    ),
                 ]:
                     page.get_by_role("tab", name=tab_name).click()
                     tab = page.locator(f"#{tab_id}")

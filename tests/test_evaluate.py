@@ -149,3 +149,25 @@ def test_guidance_sweep_rows_match_evaluate_at_the_model_scale(
         assert rows[2][key] == pytest.approx(ref[key], abs=1e-4), key
     assert rows[0][f"gFD_{space}"] != rows[1][f"gFD_{space}"]
     assert rows[2][f"text_gFD_{space}"] != rows[3][f"text_gFD_{space}"]
+    # no --cfg-interval: each generator's own default interval, recorded per row and in metrics.json
+    sampling = RepTok.from_pretrained(model).config.sampling
+    assert [r["cfg_interval"] for r in rows] == [list(sampling.guidance_interval(r["cond"])) for r in rows]
+    assert (ref["cfg_interval"], ref["text_cfg_interval"]) == ([*sampling.cfg_interval],) * 2
+
+
+def test_guidance_sweep_over_intervals(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    """--cfg-interval is one more axis: each interval reaches the sampler; a malformed one is refused."""
+    from train import guidance_sweep
+
+    data, features, model = setup
+    common = ["--model", str(model), "--data", str(data), "--features", str(features), "--n", "6",
+              "--steps", "2", "--cfg-scale", "4", "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    rows = guidance_sweep.main([*common, "--cfg-interval", "0.3,0.9", "0,1"])
+    assert [(r["cond"], r["cfg_interval"]) for r in rows] == [
+        (cond, interval) for cond in ("class", "text") for interval in ([0.3, 0.9], [0.0, 1.0])
+    ]
+    gfd = [v for r in rows for k, v in r.items() if k.startswith(("gFD_", "text_gFD_"))]
+    assert gfd[0] != gfd[1] and gfd[2] != gfd[3]
+    for bad in ("0.9,0.3", "0.5", "a,b", "0,2"):
+        with pytest.raises(SystemExit):
+            guidance_sweep.parse_args([*common, "--cfg-interval", bad])

@@ -52,7 +52,7 @@ def test_export_ships_fp16_models_sharing_one_backbone_and_a_manifold(chain: dic
         "--model", f"emoji={chain['main']}", "--model", f"emoji-lam0={chain['zero']}",
         "--data", str(chain["data"]), "--out", str(out), "--split", "all", "--max-points", "20", "--decode-steps", "3",
         "--decode-temperature", "0.5", "--decode-shift", "0.5", "--cfg-scale", "2.5",
-        "--generate-temperature", "0.7",
+        "--generate-temperature", "0.7", "--cfg-interval", "0", "1", "--text-cfg-interval", "0.2", "0.8",
     ])  # fmt: skip
     main, zero = out / "models" / "emoji", out / "models" / "emoji-lam0"
     # The backbone is stored once: the λ = 0 model references the main model's file.
@@ -71,8 +71,8 @@ def test_export_ships_fp16_models_sharing_one_backbone_and_a_manifold(chain: dic
     zero_sampling = RepTok.from_pretrained(zero).config.sampling
     assert (
         zero_sampling.decode_steps, zero_sampling.decode_temperature, zero_sampling.decode_shift, zero_sampling.cfg_scale,
-        zero_sampling.generate_temperature,
-    ) == (3, 0.5, 0.5, 2.5, 0.7)  # fmt: skip
+        zero_sampling.generate_temperature, zero_sampling.cfg_interval, zero_sampling.text_cfg_interval,
+    ) == (3, 0.5, 0.5, 2.5, 0.7, (0.0, 1.0), (0.2, 0.8))  # fmt: skip
     assert RepTok.from_pretrained(chain["zero"]).config.sampling.decode_steps != 3
     image = Image.fromarray(shape_image(1, COLOURS[1], np.random.default_rng(0)))
     recon = shipped.reconstruct([image], steps=2, output_type="pt")

@@ -265,6 +265,30 @@ def test_cfg_scale_one_matches_the_conditional_model(tiny_model: RepTok) -> None
     assert not torch.allclose(a, tiny_model.sample_tokens(labels=[2, 0], cfg_scale=4.0, seed=9))
 
 
+def test_each_generator_is_guided_over_its_own_default_interval(tiny_model: RepTok, tmp_path: Path) -> None:
+    """`cfg_interval` is the class generator's default and, while `text_cfg_interval` is None, the
+    text generator's; set, the latter applies to prompts only. An explicit `cfg_interval` wins, and
+    both survive a save/load (as tuples)."""
+    s = tiny_model.config.sampling
+    assert s.text_cfg_interval is None and s.guidance_interval("text") == s.guidance_interval("class")
+    kw = {"cfg_scale": 4.0, "seed": 5}
+    prompts = ["red apple", "blue car"]
+    cls_default, cls_full = (tiny_model.sample_tokens(labels=[1, 2], cfg_interval=i, **kw) for i in (None, (0.0, 1.0)))  # fmt: skip
+    text_default, text_full = (tiny_model.sample_tokens(prompts=prompts, cfg_interval=i, **kw) for i in (None, (0.0, 1.0)))  # fmt: skip
+    assert not torch.allclose(cls_default, cls_full) and not torch.allclose(text_default, text_full)
+    tiny_model.config.sampling = s.replace(text_cfg_interval=(0.0, 1.0))
+    try:
+        torch.testing.assert_close(tiny_model.sample_tokens(prompts=prompts, **kw), text_full)
+        torch.testing.assert_close(tiny_model.sample_tokens(labels=[1, 2], **kw), cls_default)
+        explicit = tiny_model.sample_tokens(prompts=prompts, cfg_interval=s.cfg_interval, **kw)
+        torch.testing.assert_close(explicit, text_default)
+        tiny_model.save_pretrained(tmp_path / "m")
+    finally:
+        tiny_model.config.sampling = s
+    loaded = RepTok.from_pretrained(tmp_path / "m").config.sampling
+    assert loaded.text_cfg_interval == (0.0, 1.0) and loaded.cfg_interval == s.cfg_interval
+
+
 def test_text_sampling(tiny_model: RepTok) -> None:
     long_prompt = "red apple " * 1000  # 10,000 characters: truncated, not an error
     images = tiny_model.sample(prompts=["red apple", "", long_prompt], seed=0)

@@ -67,6 +67,10 @@ def test_recipe_exports_every_ablation_row_evaluated(
     assert json.loads((models / "reptok-emoji" / "metrics.json").read_text())["decode_shift"] == 0.5
     assert main["sampling"]["generate_temperature"] == 0.7  # SHIP_GEN_T, and evaluated with it:
     assert json.loads((models / "reptok-emoji" / "metrics.json").read_text())["generate_temperature"] == 0.7
+    # SHIP_CFG_INTERVAL / SHIP_TEXT_CFG_INTERVAL, each generator's own, and evaluated with them:
+    assert (main["sampling"]["cfg_interval"], main["sampling"]["text_cfg_interval"]) == ([0.1, 1], [0.2, 0.9])
+    measured = json.loads((models / "reptok-emoji" / "metrics.json").read_text())
+    assert (measured["cfg_interval"], measured["text_cfg_interval"]) == ([0.1, 1], [0.2, 0.9])
     assert twin["info"]["steps"] == 4
     assert twin["backbone_sha256"] == main["backbone_sha256"] and twin["text_generator"] is None
     assert main["info"]["backbone"].startswith("DAE-style") and main["info"]["backbone_method"] == "dae"

@@ -45,6 +45,22 @@ def add_time_schedule_arg(parser: argparse.ArgumentParser, default: TimeSampling
     )  # fmt: skip
 
 
+def add_guidance_interval_args(parser: argparse.ArgumentParser, what: str) -> None:
+    """--cfg-interval / --text-cfg-interval LO HI: SamplingConfig's guidance intervals (the class
+    generator's, and the text generator's where it differs) for `what` ("shipped", "of the samples")."""
+    for flag, whose in (("--cfg-interval", "class (and text)"), ("--text-cfg-interval", "text")):
+        parser.add_argument(
+            flag, type=float, nargs=2, metavar=("LO", "HI"),
+            help=f"guide the {whose} generator only for t in [LO, HI], {what} (default: the model's)",
+        )  # fmt: skip
+
+
+def guidance_interval_overrides(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    """The SamplingConfig fields `add_guidance_interval_args` set on the command line."""
+    given = {"cfg_interval": args.cfg_interval, "text_cfg_interval": args.text_cfg_interval}
+    return {k: (float(v[0]), float(v[1])) for k, v in given.items() if v is not None}
+
+
 def add_train_args(
     parser: argparse.ArgumentParser, defaults: TrainConfig, *, out_default: str | Path | None = None
 ) -> None:

@@ -63,6 +63,7 @@ from reptok.metrics import (
     ssim,
 )
 from reptok.pipeline import RepTok
+from train.cli import add_guidance_interval_args, guidance_interval_overrides
 from train.data import EmojiData, EmojiDataset
 from train.knn import knn_classify
 from train.pretrain_backbone import load_encoder
@@ -122,12 +123,13 @@ def draw_samples(
     batch_size: int,
     cfg_scale: float | None,
     temperature: float | None = None,
+    cfg_interval: tuple[float, float] | None = None,
 ) -> Tensor:
     """One sample per condition (`kind`: "labels" or "prompts"), in batches seeded by their offset, so
-    the same condition list gives the same samples at any batch position. `cfg_scale` and the
-    generator `temperature`: None is the model's own setting."""
+    the same condition list gives the same samples at any batch position. `cfg_scale`, its
+    `cfg_interval` and the generator `temperature`: None is the model's own setting."""
     return torch.cat([
-        model.sample(**{kind: conditions[c.start : c.stop]}, seed=seed + c.start, decode_steps=steps, cfg_scale=cfg_scale, temperature=temperature, output_type="pt").cpu()
+        model.sample(**{kind: conditions[c.start : c.stop]}, seed=seed + c.start, decode_steps=steps, cfg_scale=cfg_scale, cfg_interval=cfg_interval, temperature=temperature, output_type="pt").cpu()
         for c in tqdm(_chunks(len(conditions), batch_size), desc=f"{kind} samples")
     ])  # fmt: skip  # (n, 3, S, S)
 
@@ -167,6 +169,7 @@ def class_sample_metrics(
     batch_size: int,
     cfg_scale: float | None = None,
     temperature: float | None = None,
+    cfg_interval: tuple[float, float] | None = None,
     real_feats: np.ndarray | None = None,
     recon_feats: np.ndarray | None = None,
     bank_cache: Path | None = None,
@@ -177,7 +180,7 @@ def class_sample_metrics(
     goes through the feature network once). `bank_cache`: a folder where the probe's bank is kept
     between calls (`probe_bank`)."""
     labels = [int(heldout[i]["label"]) for i in idx]
-    samples = draw_samples(model, "labels", labels, steps=steps, seed=seed, batch_size=batch_size, cfg_scale=cfg_scale, temperature=temperature)  # fmt: skip
+    samples = draw_samples(model, "labels", labels, steps=steps, seed=seed, batch_size=batch_size, cfg_scale=cfg_scale, temperature=temperature, cfg_interval=cfg_interval)  # fmt: skip
     sample_feats = space.features(samples)  # (n, F)
     real_feats = space.features(real) if real_feats is None else real_feats  # (n, F)
     bank = probe_bank(space, _images(train, range(len(train))), bank_cache)  # (N, F), unit norm
@@ -218,11 +221,12 @@ def text_sample_metrics(
     batch_size: int,
     cfg_scale: float | None = None,
     temperature: float | None = None,
+    cfg_interval: tuple[float, float] | None = None,
 ) -> dict[str, float]:
     """text gFD and retrieval of text samples drawn from the held-out captions of `idx`."""
     prompts = [str(heldout[i]["caption"]) for i in idx]
     codes = [str(heldout[i]["code"]) for i in idx]
-    samples = draw_samples(model, "prompts", prompts, steps=steps, seed=seed, batch_size=batch_size, cfg_scale=cfg_scale, temperature=temperature)  # fmt: skip
+    samples = draw_samples(model, "prompts", prompts, steps=steps, seed=seed, batch_size=batch_size, cfg_scale=cfg_scale, temperature=temperature, cfg_interval=cfg_interval)  # fmt: skip
     sample_feats = space.features(samples)  # (n, F), unit norm
     hit = retrieval_hits(sample_feats, real_feats, codes)  # (n, 5)
     return {
@@ -259,6 +263,8 @@ def evaluate(
     metrics["decode_temperature"] = model.config.sampling.decode_temperature
     metrics["decode_shift"] = model.config.sampling.decode_shift
     metrics["cfg_scale"] = model.config.sampling.cfg_scale
+    metrics["cfg_interval"] = list(model.config.sampling.guidance_interval("class"))
+    metrics["text_cfg_interval"] = list(model.config.sampling.guidance_interval("text"))
     metrics["generate_temperature"] = model.config.sampling.generate_temperature
 
     recon_metrics, recon_t = reconstruction_metrics(
@@ -324,6 +330,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=float,
         help="generator noise scale T of the samples (default: the model's)",
     )
+    add_guidance_interval_args(p, "of the samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument(
@@ -351,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         model.config.sampling = model.config.sampling.replace(cfg_scale=args.cfg_scale)
     if args.generate_temperature is not None:  # recorded in the metrics (generate_temperature)
         model.config.sampling = model.config.sampling.replace(generate_temperature=args.generate_temperature)
+    # recorded in the metrics (cfg_interval, text_cfg_interval)
+    model.config.sampling = model.config.sampling.replace(**guidance_interval_overrides(args))
     metrics = evaluate(
         model, args.data, feature_space(args.features),
         n=args.n, label=args.label, steps=args.steps, seed=args.seed, batch_size=args.batch_size,

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from reptok.encoder import BACKBONE_METHODS
 from reptok.manifold import fit_2d, lambda_label, save_manifold
 from reptok.pipeline import RepTok
+from train.cli import add_guidance_interval_args, guidance_interval_overrides
 from train.data import build_dataset
 
 LAMBDA_INF = lambda_label(math.inf)
@@ -257,6 +258,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--generate-temperature", type=float,
         help="default generator noise scale T shipped (guidance_sweep.py --temperature)",
     )  # fmt: skip
+    add_guidance_interval_args(p, "shipped (guidance_sweep.py --cfg-interval)")
     args = p.parse_args(argv)
     names = [name for name, _ in args.models]
     if len(set(names)) != len(names):
@@ -284,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
             "generate_temperature": args.generate_temperature,
         }.items()
         if value is not None
-    }
+    } | guidance_interval_overrides(args)
     exported = [
         export_model(
             name,

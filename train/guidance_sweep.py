@@ -2,7 +2,8 @@
 temperatures, on the held-out split.
 
     python train/guidance_sweep.py --model assets/models/reptok-emoji --data data/emoji64.npz \
-        --features assets/features --label subcategory --cfg-scale 1 1.5 3 5 --temperature 1 0.7
+        --features assets/features --label subcategory --cfg-scale 1 1.5 3 5 --temperature 1 0.7 \
+        --cfg-interval 0.3,0.9 0,1
 
 Each scale draws the same samples from the same seeds that train/evaluate.py draws (the held-out
 label mix for classes, the held-out captions for text) and scores them with its definitions:
@@ -43,15 +44,18 @@ def sweep(
     scales: Sequence[float],
     *,
     temperatures: Sequence[float] = (1.0,),
+    intervals: Sequence[tuple[float, float] | None] = (None,),
     conds: Sequence[str] = ("class", "text"),
     steps: int | None = None,
     seed: int = 0,
     batch_size: int = 64,
     cache_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (condition, temperature, scale): the metrics train/evaluate.py reports for those
-    samples, drawn at that guidance scale and generator temperature. `cache_dir`: where the class
-    probe's bank of training-image features is kept (`evaluate.probe_bank`); None: computed per row."""
+    """One row per (condition, guidance interval, temperature, scale): the metrics train/evaluate.py
+    reports for those samples, drawn at that guidance scale, guided for t in that interval (None:
+    the model's own for that generator) and at that generator temperature. `cache_dir`: where the
+    class probe's bank of training-image features is kept (`evaluate.probe_bank`); None: computed
+    per row."""
     idx = list(range(min(n, len(heldout))))
     real = _images(heldout, idx)  # (n, 3, S, S)
     real_feats = space.features(real)
@@ -64,9 +68,10 @@ def sweep(
             raise SystemExit("the class generator's classes are not this --label's; pass the right --label")
         if cond == "text" and model.text_generator is None:
             continue
-        for temperature, scale in itertools.product(temperatures, scales):
+        for interval, temperature, scale in itertools.product(intervals, temperatures, scales):
             start = time.perf_counter()
-            setting = {"cfg_scale": scale, "temperature": temperature, **common}
+            interval = interval or model.config.sampling.guidance_interval(cond)
+            setting = {"cfg_scale": scale, "temperature": temperature, "cfg_interval": interval, **common}
             if cond == "class":
                 m = class_sample_metrics(
                     model,
@@ -82,7 +87,7 @@ def sweep(
             else:
                 m = text_sample_metrics(model, heldout, idx, real_feats, space, **setting)
             row = {
-                "cond": cond, "cfg_scale": scale, "temperature": temperature,
+                "cond": cond, "cfg_scale": scale, "cfg_interval": list(interval), "temperature": temperature,
                 "seconds": round(time.perf_counter() - start, 1), **m,
             }  # fmt: skip
             rows.append(row)
@@ -96,13 +101,27 @@ def markdown(rows: Sequence[dict[str, Any]], n: int) -> str:
         part = [r for r in rows if r["cond"] == cond]
         if not part:
             continue
-        keys = [k for k in part[0] if k not in ("cond", "cfg_scale", "temperature")]
-        out += ["", f"{cond} samples:", "", "| cfg scale | T | " + " | ".join(keys) + " |"]
-        out.append("|" + "---|" * (2 + len(keys)))
+        keys = [k for k in part[0] if k not in ("cond", "cfg_scale", "cfg_interval", "temperature")]
+        out += ["", f"{cond} samples:", "", "| cfg scale | interval | T | " + " | ".join(keys) + " |"]
+        out.append("|" + "---|" * (3 + len(keys)))
         for r in part:
             vals = [f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys]
-            out.append(f"| {r['cfg_scale']} | {r['temperature']} | " + " | ".join(vals) + " |")
+            lo, hi = r["cfg_interval"]
+            out.append(
+                f"| {r['cfg_scale']} | [{lo:g}, {hi:g}] | {r['temperature']} | " + " | ".join(vals) + " |"
+            )
     return "\n".join(out)
+
+
+def interval_arg(text: str) -> tuple[float, float]:
+    """LO,HI -> (LO, HI): "0.3,0.9" -> (0.3, 0.9), for --cfg-interval."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (e.g. 0.3,0.9), got {text!r}") from err
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise argparse.ArgumentTypeError(f"need 0 <= LO <= HI <= 1, got {text!r}")
+    return lo, hi
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -118,6 +137,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--temperature", type=float, nargs="+", default=[1.0], help="generator noise scales T (default: 1)"
     )
+    p.add_argument(
+        "--cfg-interval", type=interval_arg, nargs="+", default=[None], metavar="LO,HI",
+        help="guide only for t in [LO, HI] (default: the model's own interval for each generator)",
+    )  # fmt: skip
     p.add_argument("--cond", nargs="+", choices=["class", "text"], default=["class", "text"])
     p.add_argument("--steps", type=int, help="decoder steps (default: the model's)")
     p.add_argument("--seed", type=int, default=0)
@@ -139,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         rows = sweep(
             model, heldout, train, args.n, feature_space(args.features), args.cfg_scale,
-            temperatures=args.temperature, conds=args.cond, steps=args.steps, seed=args.seed,
+            temperatures=args.temperature, intervals=args.cfg_interval, conds=args.cond, steps=args.steps, seed=args.seed,
             batch_size=args.batch_size, cache_dir=args.cache_dir or Path(tmp),
         )  # fmt: skip
     print(markdown(rows, min(args.n, len(heldout))))
