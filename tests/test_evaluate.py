@@ -156,18 +156,22 @@ def test_guidance_sweep_rows_match_evaluate_at_the_model_scale(
 
 
 def test_guidance_sweep_over_intervals(setup: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    """--cfg-interval is one more axis: each interval reaches the sampler; a malformed one is refused."""
+    """--cfg-interval and --seed are more axes: each interval and each seed reaches the sampler; a
+    malformed interval is refused."""
     from train import guidance_sweep
 
     data, features, model = setup
     common = ["--model", str(model), "--data", str(data), "--features", str(features), "--n", "6",
               "--steps", "2", "--cfg-scale", "4", "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
-    rows = guidance_sweep.main([*common, "--cfg-interval", "0.3,0.9", "0,1"])
-    assert [(r["cond"], r["cfg_interval"]) for r in rows] == [
-        (cond, interval) for cond in ("class", "text") for interval in ([0.3, 0.9], [0.0, 1.0])
+    rows = guidance_sweep.main([*common, "--cfg-interval", "0.3,0.9", "0,1", "--seed", "0", "1"])
+    assert [(r["cond"], r["cfg_interval"], r["seed"]) for r in rows] == [
+        (cond, interval, seed)
+        for cond in ("class", "text")
+        for interval in ([0.3, 0.9], [0.0, 1.0])
+        for seed in (0, 1)
     ]
     gfd = [v for r in rows for k, v in r.items() if k.startswith(("gFD_", "text_gFD_"))]
-    assert gfd[0] != gfd[1] and gfd[2] != gfd[3]
+    assert len(set(gfd)) == len(gfd)  # every interval and every seed draws other samples
     for bad in ("0.9,0.3", "0.5", "a,b", "0,2"):
         with pytest.raises(SystemExit):
             guidance_sweep.parse_args([*common, "--cfg-interval", bad])

@@ -47,19 +47,19 @@ def sweep(
     intervals: Sequence[tuple[float, float] | None] = (None,),
     conds: Sequence[str] = ("class", "text"),
     steps: int | None = None,
-    seed: int = 0,
+    seeds: Sequence[int] = (0,),
     batch_size: int = 64,
     cache_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per (condition, guidance interval, temperature, scale): the metrics train/evaluate.py
-    reports for those samples, drawn at that guidance scale, guided for t in that interval (None:
-    the model's own for that generator) and at that generator temperature. `cache_dir`: where the
-    class probe's bank of training-image features is kept (`evaluate.probe_bank`); None: computed
-    per row."""
+    """One row per (condition, guidance interval, temperature, scale, sampling seed): the metrics
+    train/evaluate.py reports for those samples, drawn at that guidance scale, guided for t in that
+    interval (None: the model's own for that generator), at that generator temperature and from that
+    seed (0 is evaluate.py's; more seeds measure the sampling noise). `cache_dir`: where the class
+    probe's bank of training-image features is kept (`evaluate.probe_bank`); None: computed per row."""
     idx = list(range(min(n, len(heldout))))
     real = _images(heldout, idx)  # (n, 3, S, S)
     real_feats = space.features(real)
-    common = {"steps": steps, "seed": seed, "batch_size": batch_size}
+    common = {"steps": steps, "batch_size": batch_size}
     rows = []
     for cond in conds:
         if cond == "class" and model.class_generator is None:
@@ -68,10 +68,11 @@ def sweep(
             raise SystemExit("the class generator's classes are not this --label's; pass the right --label")
         if cond == "text" and model.text_generator is None:
             continue
-        for interval, temperature, scale in itertools.product(intervals, temperatures, scales):
+        for interval, temperature, scale, seed in itertools.product(intervals, temperatures, scales, seeds):
             start = time.perf_counter()
             interval = interval or model.config.sampling.guidance_interval(cond)
-            setting = {"cfg_scale": scale, "temperature": temperature, "cfg_interval": interval, **common}
+            setting = {"cfg_scale": scale, "temperature": temperature, "cfg_interval": interval, "seed": seed}
+            setting |= common
             if cond == "class":
                 m = class_sample_metrics(
                     model,
@@ -88,7 +89,7 @@ def sweep(
                 m = text_sample_metrics(model, heldout, idx, real_feats, space, **setting)
             row = {
                 "cond": cond, "cfg_scale": scale, "cfg_interval": list(interval), "temperature": temperature,
-                "seconds": round(time.perf_counter() - start, 1), **m,
+                "seed": seed, "seconds": round(time.perf_counter() - start, 1), **m,
             }  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
@@ -143,7 +144,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--cond", nargs="+", choices=["class", "text"], default=["class", "text"])
     p.add_argument("--steps", type=int, help="decoder steps (default: the model's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, nargs="+", default=[0],
+        help="sampling seeds, one row each (default 0, evaluate.py's; several measure the sampling noise)",
+    )  # fmt: skip
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", default=None, help="write the rows as JSON here")
     p.add_argument(
@@ -162,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         rows = sweep(
             model, heldout, train, args.n, feature_space(args.features), args.cfg_scale,
-            temperatures=args.temperature, intervals=args.cfg_interval, conds=args.cond, steps=args.steps, seed=args.seed,
+            temperatures=args.temperature, intervals=args.cfg_interval, conds=args.cond, steps=args.steps, seeds=args.seed,
             batch_size=args.batch_size, cache_dir=args.cache_dir or Path(tmp),
         )  # fmt: skip
     print(markdown(rows, min(args.n, len(heldout))))
