@@ -48,10 +48,14 @@ def add_time_schedule_arg(parser: argparse.ArgumentParser, default: TimeSampling
 def add_guidance_interval_args(parser: argparse.ArgumentParser, what: str) -> None:
     """--cfg-interval / --text-cfg-interval LO HI: SamplingConfig's guidance intervals (the class
     generator's, and the text generator's where it differs) for `what` ("shipped", "of the samples")."""
-    for flag, whose in (("--cfg-interval", "class (and text)"), ("--text-cfg-interval", "text")):
+    whose = {
+        "--cfg-interval": "the class generator (and the text generator, where no text interval is set)",
+        "--text-cfg-interval": "the text generator",
+    }
+    for flag, which in whose.items():
         parser.add_argument(
             flag, type=float, nargs=2, metavar=("LO", "HI"),
-            help=f"guide the {whose} generator only for t in [LO, HI], {what} (default: the model's)",
+            help=f"guide {which} only for t in [LO, HI], {what} (default: the model's)",
         )  # fmt: skip
 
 

@@ -1,18 +1,20 @@
-"""Class and text samples of one model across classifier-free guidance scales and generator
-temperatures, on the held-out split.
+"""Class and text samples of one model across classifier-free guidance scales, guidance intervals,
+generator temperatures and sampling seeds, on the held-out split.
 
     python train/guidance_sweep.py --model assets/models/reptok-emoji --data data/emoji64.npz \
         --features assets/features --label subcategory --cfg-scale 1 1.5 3 5 --temperature 1 0.7 \
         --cfg-interval 0.3,0.9 0,1
 
-Each scale draws the same samples from the same seeds that train/evaluate.py draws (the held-out
+Each setting draws its samples from the same seeds that train/evaluate.py draws (the held-out
 label mix for classes, the held-out captions for text) and scores them with its definitions:
 gFD and the k-NN class probe for class samples, text gFD and retrieval top-1/top-5 for text
 samples, in the --features space (Fréchet distances in in-house features, not FID). Guidance
 and a temperature T < 1 on the generator's noise (SamplingConfig.generate_temperature) both
 trade diversity for fidelity to the condition: the probe and retrieval rise, and the gFD says
-what that costs in spread. This is how the shipped default cfg_scale and generate_temperature
-are chosen: see MODEL_CARD.md. The table goes to stdout and, with --out, the JSON beside it.
+what that costs in spread; the guidance interval (--cfg-interval, each generator's own by default)
+says over which part of the flow guidance acts, and --seed 0 1 2 measures the sampling noise. This
+is how the shipped cfg_scale, cfg_interval, text_cfg_interval and generate_temperature are chosen:
+see MODEL_CARD.md. The table goes to stdout and, with --out, the JSON beside it.
 """
 
 from __future__ import annotations
