@@ -77,6 +77,31 @@ def test_shipped_model_reconstructs_the_examples_above_its_floor(folder: Path) -
     assert got_psnr >= min_psnr and got_ssim >= min_ssim, (got_psnr, got_ssim)
 
 
+@pytest.mark.parametrize(
+    "folder", [m for m in MODELS if (m / "metrics.json").is_file()], ids=lambda p: p.name
+)
+def test_metrics_were_measured_with_the_shipped_sampler_settings(folder: Path) -> None:
+    """Each metrics.json records the sampler settings train/evaluate.py used; they are the ones its
+    config.json ships, so a changed default (a guidance interval, a temperature) cannot land without
+    being measured again. Settings recorded before evaluate.py wrote them are not checked."""
+    from reptok.model_config import SamplingConfig
+
+    sampling = SamplingConfig.from_dict(json.loads((folder / "config.json").read_text())["sampling"])
+    metrics = json.loads((folder / "metrics.json").read_text())
+    shipped = {
+        "decode_steps": sampling.decode_steps,
+        "decode_temperature": sampling.decode_temperature,
+        "decode_shift": sampling.decode_shift,
+        "cfg_scale": sampling.cfg_scale,
+        "generate_temperature": sampling.generate_temperature,
+        "cfg_interval": list(sampling.guidance_interval("class")),
+        "text_cfg_interval": list(sampling.guidance_interval("text")),
+    }
+    recorded = {key: metrics[key] for key in shipped if key in metrics}
+    assert "decode_steps" in recorded and "cfg_scale" in recorded
+    assert recorded == {key: shipped[key] for key in recorded}
+
+
 def test_model_card_tables_are_the_shipped_metrics() -> None:
     """MODEL_CARD.md's two ablation tables are train/ablation_tables.py's output on assets/, so the card
     says what the shipped metrics.json files (train/evaluate.py on the shipped weights) say."""
