@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from operator import attrgetter
-from typing import Any, Literal
+from typing import Any
 
 import gradio as gr
 from gradio.data_classes import ImageData
@@ -17,9 +17,7 @@ from gradio.data_classes import ImageData
 from app_parts.handlers import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_TEMPERATURE, Explorer
 from app_parts.imaging import HELD_OUT_HELP
 from app_parts.registry import NO_MODEL_MESSAGE, Ability, ModelRegistry
-from reptok.model_config import SamplingConfig
-
-Generates = Literal["class", "text"]  # the abilities whose tabs sample (and have guidance settings)
+from reptok.model_config import Condition, SamplingConfig
 
 PROMPT_EXAMPLES = ["red apple", "smiling face with sunglasses", "blue car", "red heart"]
 # Classes of the shipped emoji model whose samples read well (rows of the model card's class grid,
@@ -126,7 +124,7 @@ def opening_class(names: list[str]) -> str | None:
     return next((c for c in CLASS_EXAMPLES if c in names), names[0] if names else None)
 
 
-def sampling_controls(models: ModelRegistry, can: Generates) -> list[Any]:
+def sampling_controls(models: ModelRegistry, can: Condition) -> list[Any]:
     """cfg, interval lo/hi, steps, seed, n, generator T: shared by the class and text tabs."""
     label = models.default_for(can)
     sampling = models.entry(label).config.sampling if label is not None else None
@@ -148,7 +146,7 @@ def sampling_controls(models: ModelRegistry, can: Generates) -> list[Any]:
 
 
 def sampling_defaults_follow_model(
-    model: gr.Dropdown, models: ModelRegistry, controls: list[Any], can: Generates
+    model: gr.Dropdown, models: ModelRegistry, controls: list[Any], can: Condition
 ) -> None:
     """`defaults_follow_model` for `sampling_controls`: steps, guidance scale, its interval (this
     tab's generator's) and generator T."""

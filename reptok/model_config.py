@@ -17,6 +17,7 @@ from reptok.sampling import Sampler
 from reptok.text import TextEncoderConfig
 
 FORMAT_VERSION = 1
+Condition = Literal["class", "text"]  # what a generator follows: a class label or a text prompt
 
 
 @dataclass
@@ -45,7 +46,7 @@ class SamplingConfig(Config):
     cfg_interval: tuple[float, float] = (0.3, 0.9)
     text_cfg_interval: tuple[float, float] | None = None  # None: cfg_interval
 
-    def guidance_interval(self, cond: Literal["class", "text"]) -> tuple[float, float]:
+    def guidance_interval(self, cond: Condition) -> tuple[float, float]:
         """The default guidance interval of the class or the text generator."""
         if cond == "text" and self.text_cfg_interval is not None:
             return self.text_cfg_interval
