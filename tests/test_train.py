@@ -12,6 +12,7 @@ import random
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -499,3 +500,32 @@ def test_stage_a_init_continues_a_saved_models_token_and_decoder(
     z = torch.randn(2, 1, cfg.token_dim)
     with torch.no_grad():
         torch.testing.assert_close(mapped.decoder(x, t, z), source.decoder(x, t, z))
+
+
+def _write_and_read(kind: str) -> tuple[Callable[[Path], object], Callable[[Path], object]]:
+    """How the training scripts write each kind of file (np.save and np.savez append their suffix to
+    a name without it), and how it reads back."""
+    import numpy as np
+
+    return {
+        ".npy": (lambda p: np.save(p, np.arange(3)), lambda p: np.load(p).tolist()),
+        ".npz": (lambda p: np.savez(p, a=np.arange(3)), lambda p: np.load(p)["a"].tolist()),
+        ".json": (lambda p: p.write_text("[0, 1, 2]"), lambda p: json.loads(p.read_text())),
+        ".pt": (lambda p: torch.save([0, 1, 2], p), lambda p: torch.load(p, weights_only=True)),
+    }[kind]
+
+
+@pytest.mark.parametrize("name", ["bank.npy", "captions.npz", "config.json", "checkpoint.pt"])
+def test_atomic_path_writes_whole_files_or_none(tmp_path: Path, name: str) -> None:
+    from train.files import atomic_path
+
+    write, read = _write_and_read(Path(name).suffix)
+    target = tmp_path / name
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old" and sorted(tmp_path.iterdir()) == [target]  # no temp left
+    with atomic_path(target) as tmp:
+        write(tmp)
+    assert sorted(tmp_path.iterdir()) == [target] and read(target) == [0, 1, 2]

@@ -6,7 +6,6 @@ write. train/common.py's Trainer puts them together.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
+
+from train.files import atomic_path
 
 CHECKPOINT_FORMAT = "reptok-train-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -53,11 +54,7 @@ def fingerprint(named: Mapping[str, Tensor]) -> str:
 
 
 def save_atomic(state: Any, path: Path) -> None:
-    """torch.save to a temp file, fsync, os.replace: a kill never leaves half a file at `path`, and
+    """torch.save through `train.files.atomic_path`: a kill never leaves half a file at `path`, and
     two processes writing the same file (a shared cache) each write their own temp file."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -65,6 +64,7 @@ from reptok.metrics import (
 from reptok.pipeline import RepTok
 from train.cli import add_guidance_interval_args, guidance_interval_overrides
 from train.data import EmojiData, EmojiDataset
+from train.files import atomic_path
 from train.knn import knn_classify
 from train.pretrain_backbone import load_encoder
 
@@ -148,10 +148,8 @@ def probe_bank(space: FeatureSpace, train_images: Tensor, cache_dir: Path | None
     path = Path(cache_dir) / f"probe-bank-{space.name}-{digest}.npy"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two evaluations may write it at once
-        with tmp.open("wb") as f:
-            np.save(f, space.features(train_images))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # two evaluations may write it at once
+            np.save(tmp, space.features(train_images))
     return torch.from_numpy(np.load(path))
 
 

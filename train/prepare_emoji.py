@@ -32,10 +32,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import numpy as np
 import resvg_py
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
+
+from train.files import atomic_path
 
 # Pinned so the data set is reproducible; `npm view emoji-datasource-google version` gave 16.0.0.
 PACKAGE_VERSION = "16.0.0"
@@ -326,9 +330,8 @@ def build_dataset(
 def write_npz(arrays: dict[str, np.ndarray], out: Path) -> None:
     """One compressed file, all strings as unicode arrays so it loads with allow_pickle=False."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp.npz")  # write then rename: no half-written data set
-    np.savez_compressed(tmp, **arrays)
-    tmp.replace(out)
+    with atomic_path(out) as tmp:  # no half-written data set
+        np.savez_compressed(tmp, **arrays)
 
 
 def tarball_stem(name: str, version: str) -> str:

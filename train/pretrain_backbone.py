@@ -44,6 +44,7 @@ from reptok.encoder import ENCODER_PRESETS, Encoder, EncoderConfig
 from train.cli import add_train_args, select_preset, train_config_from_args
 from train.common import Trainer
 from train.data import build_dataset
+from train.files import atomic_path
 from train.knn import knn_accuracy
 from train.loop_config import TrainConfig, to_plain
 from train.ssl_methods import (
@@ -133,10 +134,9 @@ PRESETS: dict[str, PretrainConfig] = {
 def save_backbone(backbone: VisionTransformer, path: Path) -> None:
     """The timm ViT's state_dict in fp32 safetensors, written atomically."""
     state = {k: v.detach().float().cpu().contiguous().clone() for k, v in backbone.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp))
-    tmp.chmod(0o644)  # safetensors writes 0600
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp))
+        tmp.chmod(0o644)  # safetensors writes 0600
 
 
 def load_encoder(run_dir: str | Path, cosine_weight: float = math.inf) -> tuple[Encoder, dict[str, Any]]:
@@ -289,9 +289,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "seed": args.seed,
         "device": str(module_device(backbone)),
     }
-    tmp = out / "config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2) + "\n")
-    tmp.replace(out / "config.json")
+    with atomic_path(out / "config.json") as tmp:
+        tmp.write_text(json.dumps(config, indent=2) + "\n")
     load_backbone(out)  # the contract: strict load into the plain encoder config
     print(f"wrote {out / 'backbone.safetensors'} and config.json")
     return config

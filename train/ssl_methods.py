@@ -20,6 +20,7 @@ from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
 from reptok.encoder import EncoderConfig
+from train.files import atomic_path
 from train.loop_config import TrainConfig
 from train.ssl_views import (
     Views,
@@ -403,7 +404,6 @@ def caption_vectors(captions: Sequence[str], cache: Path, batch_size: int = 256)
         chunks.append(sentence_embedding(*encoder(unique[start : start + batch_size])))  # (b, Dt)
     vectors = torch.cat(chunks)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp.npz")
-    np.savez(tmp, captions=np.array(unique, dtype=str), vectors=vectors.numpy())
-    tmp.replace(cache)
+    with atomic_path(cache) as tmp:
+        np.savez(tmp, captions=np.array(unique, dtype=str), vectors=vectors.numpy())
     return unique, vectors
