@@ -310,6 +310,11 @@ def test_stage_a_cache_dir_keeps_latents_and_anchors_for_the_next_run(
         second = train_tokenizer.main(
             stage_a_args(data_dir, tmp_path / "second", *base, *cache, "--lam", "0.25")
         )
+    # The same VAE moved elsewhere is the same key (it is keyed by its weights, not its path).
+    moved = [*base[:2], "--vae", str(shutil.copytree(vae_dir, tmp_path / "vae-moved")), *base[4:]]
+    with monkeypatch.context() as m:
+        m.setattr(train_tokenizer, "encode_dataset", lambda *a, **k: pytest.fail("encoded again"))
+        train_tokenizer.main(stage_a_args(data_dir, tmp_path / "moved", *moved, *cache, "--lam", "0.25"))
     # What the cache holds is what the run computes: the weights are bitwise those of runs without it.
     for with_cache, without in ((first, plain), (second, plain_b)):
         _assert_same_state(

@@ -313,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         cached = cached_encoding(
             args.cache_dir, "latents", read, dataset,
             lambda: encode_dataset(image_space.encode, dataset, device=trainer.device),
-            space=to_plain(space_config), device=device,
+            space=to_plain(space_config.replace(vae=None)), device=device,  # the VAE by its weights, not its path
         )  # fmt: skip
     # The cosine anchor's targets, once: only 0 < λ < inf has one.
     anchors = None
