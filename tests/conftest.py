@@ -13,7 +13,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # so `reptok`, `train.*` and `tests.*` import from a fresh clone
 
 from reptok.pipeline import RepTok  # noqa: E402
-from tests.helpers import randomize_, tiny_config  # noqa: E402
+from tests.helpers import randomize_, tiny_config, write_shapes_folder  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +32,9 @@ def tiny_model_dir(tiny_model: RepTok, tmp_path_factory: pytest.TempPathFactory)
     path = tmp_path_factory.mktemp("models") / "tiny"
     tiny_model.save_pretrained(path, dtype=torch.float32)
     return path
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny image folder (circles and squares) for the training scripts' end-to-end tests."""
+    return write_shapes_folder(tmp_path_factory.mktemp("shapes") / "data")

@@ -1,12 +1,15 @@
-"""Helpers shared by the tests: tiny configs from the "test" presets, weight perturbation."""
+"""Helpers shared by the tests: tiny configs from the "test" presets, weight perturbation, tiny data
+sets of shapes (an .npz like prepare_emoji's, or an image folder), the training scripts' arguments."""
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image, ImageDraw
 
 from reptok.decoder import DECODER_PRESETS
 from reptok.encoder import ENCODER_PRESETS
@@ -90,3 +93,32 @@ def write_shapes_npz(path: Path, images: list[np.ndarray], labels: list[int], sp
     }
     write_npz(arrays, path)
     return path
+
+
+def write_shapes_folder(root: Path, per_class: int = 8, size: int = 32) -> Path:
+    """root/<circle|square>/<i>.png: random-coloured shapes on white, a stand-in for emoji."""
+    rng = random.Random(0)
+    for shape in ("circle", "square"):
+        (root / shape).mkdir(parents=True)
+        for i in range(per_class):
+            image = Image.new("RGB", (size, size), "white")
+            draw = ImageDraw.Draw(image)
+            lo, hi = rng.randrange(2, 10), rng.randrange(20, size - 2)
+            colour = tuple(rng.randrange(256) for _ in range(3))
+            (draw.ellipse if shape == "circle" else draw.rectangle)([lo, lo, hi, hi], fill=colour)
+            image.save(root / shape / f"{i}.png")
+    return root
+
+
+def stage_a_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--preset", "test", "--data", str(data), "--out", str(out), *extra]
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Two state dicts (nested: a checkpoint's model, EMA, optimizer) hold bitwise-equal tensors."""
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+        elif isinstance(a[key], dict):
+            assert_same_state(a[key], b[key])

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from train import prepare_emoji  # noqa: E402
+from train import npm_tarballs, prepare_emoji  # noqa: E402
 from train.data import (  # noqa: E402
     EmojiData,
     EmojiDataset,
@@ -149,11 +149,11 @@ def test_safe_member_filter() -> None:
         return info
 
     wanted = ("package/emoji.json", "package/img/google/64/")
-    assert prepare_emoji._is_safe_member(member("package/img/google/64/1f600.png"), wanted)
-    assert not prepare_emoji._is_safe_member(member("package/img/google/64/../../../x.png"), wanted)
-    assert not prepare_emoji._is_safe_member(member("/package/emoji.json"), wanted)
-    assert not prepare_emoji._is_safe_member(member("package/img/google/64/l.png", tarfile.SYMTYPE), wanted)
-    assert not prepare_emoji._is_safe_member(member("package/img/google/sheets/s.png"), wanted)
+    assert npm_tarballs.is_safe_member(member("package/img/google/64/1f600.png"), wanted)
+    assert not npm_tarballs.is_safe_member(member("package/img/google/64/../../../x.png"), wanted)
+    assert not npm_tarballs.is_safe_member(member("/package/emoji.json"), wanted)
+    assert not npm_tarballs.is_safe_member(member("package/img/google/64/l.png", tarfile.SYMTYPE), wanted)
+    assert not npm_tarballs.is_safe_member(member("package/img/google/sheets/s.png"), wanted)
 
 
 def test_emoji_dataset_from_npz(package_dirs: dict[str, Path], tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from train import prepare_emoji  # noqa: E402
+from train import npm_tarballs, prepare_emoji  # noqa: E402
 
 ENGLAND = "1F3F4-E0067-E0062-E0065-E006E-E0067-E007F"
 EYE_BUBBLE = "1F441-FE0F-200D-1F5E8-FE0F"
@@ -159,7 +159,7 @@ def test_npm_names_and_wanted_files() -> None:
     assert prepare_emoji.package_name("fluent") == "@lobehub/fluent-emoji-flat"
     assert prepare_emoji.package_name("google") == "emoji-datasource-google"
     assert (
-        prepare_emoji.tarball_stem("@lobehub/fluent-emoji-flat", "1.1.0") == "lobehub-fluent-emoji-flat-1.1.0"
+        npm_tarballs.tarball_stem("@lobehub/fluent-emoji-flat", "1.1.0") == "lobehub-fluent-emoji-flat-1.1.0"
     )
     assert "package/color/svg/" in prepare_emoji.wanted_files("openmoji")
     assert prepare_emoji.package_name("emojione") == "emojione"  # 2.2.7: the last CC BY 4.0 artwork

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -17,43 +15,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # train/ is a folder of scripts, not an installed package
 
-from reptok.encoder import ENCODER_PRESETS, create_backbone  # noqa: E402
 from reptok.pipeline import RepTok  # noqa: E402
-from train import stage_a_setup, train_generator, train_tokenizer, train_vae  # noqa: E402
+from tests.helpers import assert_same_state, stage_a_args  # noqa: E402
+from train import train_generator, train_tokenizer  # noqa: E402
 from train.batches import resumable_batches, step_generator  # noqa: E402
 from train.common import Trainer  # noqa: E402
 from train.loop_config import TrainConfig, config_differences  # noqa: E402
-
-
-def write_shapes(root: Path, per_class: int = 8, size: int = 32) -> Path:
-    """root/<circle|square>/<i>.png: random-coloured shapes on white, a stand-in for emoji."""
-    rng = random.Random(0)
-    for shape in ("circle", "square"):
-        (root / shape).mkdir(parents=True)
-        for i in range(per_class):
-            image = Image.new("RGB", (size, size), "white")
-            draw = ImageDraw.Draw(image)
-            lo, hi = rng.randrange(2, 10), rng.randrange(20, size - 2)
-            colour = tuple(rng.randrange(256) for _ in range(3))
-            (draw.ellipse if shape == "circle" else draw.rectangle)([lo, lo, hi, hi], fill=colour)
-            image.save(root / shape / f"{i}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_shapes(tmp_path_factory.mktemp("shapes") / "data")
-
-
-def stage_a_args(data: Path, out: Path, *extra: str) -> list[str]:
-    return ["--preset", "test", "--data", str(data), "--out", str(out), *extra]
 
 
 @pytest.fixture(scope="module")
@@ -105,21 +78,12 @@ def test_stage_a_starts_from_a_saved_models_backbone_and_original_token(
     assert str(tokenizer_run / "model") in model.config.info["backbone"]
 
 
-def _assert_same_state(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        if isinstance(a[key], torch.Tensor):
-            assert torch.equal(a[key], b[key]), key
-        elif isinstance(a[key], dict):
-            _assert_same_state(a[key], b[key])
-
-
 def _assert_same_checkpoint(run_a: Path, run_b: Path, step: int) -> None:
     a = torch.load(run_a / "checkpoint.pt", weights_only=True)
     b = torch.load(run_b / "checkpoint.pt", weights_only=True)
     assert a["step"] == b["step"] == step
     for part in ("model", "ema", "optimizer"):
-        _assert_same_state(a[part], b[part])
+        assert_same_state(a[part], b[part])
 
 
 def test_resume_ends_at_bitwise_the_same_weights(data_dir: Path, tmp_path: Path) -> None:
@@ -129,7 +93,7 @@ def test_resume_ends_at_bitwise_the_same_weights(data_dir: Path, tmp_path: Path)
     train_tokenizer.main(stage_a_args(data_dir, tmp_path / "split", *base, "--steps", "6", "--resume"))
     _assert_same_checkpoint(tmp_path / "straight", tmp_path / "split", step=6)
     for name in ("tokenizer.safetensors", "backbone.safetensors"):
-        _assert_same_state(
+        assert_same_state(
             load_file(tmp_path / "straight" / "model" / name), load_file(tmp_path / "split" / "model" / name)
         )
     steps = [
@@ -164,8 +128,8 @@ def test_stage_b_resumes_exactly(tokenizer_run: Path, data_dir: Path, tmp_path: 
     run("split", 4, "--resume")
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
-    _assert_same_state(a["ema"], b["ema"])
-    _assert_same_state(a["optimizer"], b["optimizer"])
+    assert_same_state(a["ema"], b["ema"])
+    assert_same_state(a["optimizer"], b["optimizer"])
 
 
 def test_stage_b_class_then_text_samples(tokenizer_run: Path, data_dir: Path, tmp_path: Path) -> None:
@@ -209,160 +173,8 @@ def test_stage_b_either_order_makes_the_same_generators(
         return RepTok.from_pretrained(b)
 
     class_first, text_first = train("class", "text", "ct"), train("text", "class", "tc")
-    _assert_same_state(class_first.class_generator.state_dict(), text_first.class_generator.state_dict())
-    _assert_same_state(class_first.text_generator.state_dict(), text_first.text_generator.state_dict())
-
-
-def test_stage_a_in_house_backbone_folder_and_vae_space(data_dir: Path, tmp_path: Path) -> None:
-    folder = tmp_path / "backbone"
-    folder.mkdir()
-    config = ENCODER_PRESETS["test"]
-    torch.manual_seed(123)
-    weights = create_backbone(config).state_dict()
-    save_file(weights, folder / "backbone.safetensors")
-    (folder / "config.json").write_text(json.dumps({"encoder": config.to_dict(), "method": "random"}))
-    vae = {
-        "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [8, 16],
-        "down_block_types": ["DownEncoderBlock2D"] * 2, "up_block_types": ["UpDecoderBlock2D"] * 2,
-        "layers_per_block": 1, "norm_num_groups": 4, "sample_size": 32,
-    }  # fmt: skip
-    (tmp_path / "vae.json").write_text(json.dumps(vae))
-    extra = ["--backbone", str(folder), "--space", "vae", "--vae", str(tmp_path / "vae.json"), "--steps", "2"]
-    out = train_tokenizer.main(stage_a_args(data_dir, tmp_path / "run", *extra))
-    model = RepTok.from_pretrained(out)
-    assert model.config.image_space.kind == "vae" and (out / "vae").is_dir()
-    assert model.config.decoder.in_channels == 4 and model.config.decoder.input_size == 16
-    # The folder's weights were loaded (stored fp16), not re-drawn from the seed.
-    assert torch.equal(model.encoder.backbone.pos_embed, weights["pos_embed"].half().float())
-    assert model.reconstruct(torch.zeros(1, 3, 32, 32), steps=1, output_type="pt").shape == (1, 3, 32, 32)
-
-
-def test_vae_trains_a_latent_space_that_stage_a_runs_in(data_dir: Path, tmp_path: Path) -> None:
-    from diffusers import AutoencoderKL
-
-    vae_dir = train_vae.main(["--preset", "test", "--data", str(data_dir), "--out", str(tmp_path / "vae")])
-    vae = AutoencoderKL.from_pretrained(vae_dir)
-    info = json.loads((vae_dir / "training.json").read_text())
-    # SD's convention: the scaling factor makes the train split's latents unit-variance.
-    assert vae.config.scaling_factor == pytest.approx(info["scaling_factor"]) and info["scaling_factor"] > 0
-    assert 0.0 <= info["heldout"]["identification"] <= 1.0 and info["heldout"]["n"] > 0
-    records = [json.loads(line) for line in (tmp_path / "vae" / "log.jsonl").read_text().splitlines()]
-    assert [r["event"] for r in records if "event" in r][-1] == "done"
-    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records if "loss" in r)
-    # Stage A runs in it: the cached latents are the VAE's, the model references the VAE.
-    extra = ["--space", "vae", "--vae", str(vae_dir), "--steps", "2"]
-    out = train_tokenizer.main(stage_a_args(data_dir, tmp_path / "tok", *extra))
-    model = RepTok.from_pretrained(out)
-    assert model.config.image_space.scale == pytest.approx(info["scaling_factor"])
-    assert model.reconstruct(torch.zeros(1, 3, 32, 32), steps=1, output_type="pt").shape == (1, 3, 32, 32)
-
-
-def test_vae_decoder_finetune_keeps_the_latent_space(data_dir: Path, tmp_path: Path) -> None:
-    from diffusers import AutoencoderKL
-
-    base_dir = train_vae.main(["--preset", "test", "--data", str(data_dir), "--out", str(tmp_path / "vae")])
-    argv = ["--preset", "test", "--finetune-decoder", str(base_dir), "--crop-size", "0", "--lr", "1e-2"]
-    tuned_dir = train_vae.main([*argv, "--data", str(data_dir), "--out", str(tmp_path / "ft")])
-    base, tuned = AutoencoderKL.from_pretrained(base_dir), AutoencoderKL.from_pretrained(tuned_dir)
-    # The encoder, its posterior and the scaling factor are the base VAE's: every latent (and every
-    # tokenizer trained on them) stays valid; the decoder moved.
-    old, new = base.state_dict(), tuned.state_dict()
-    assert old.keys() == new.keys()
-    encoder_keys = [k for k in old if k.startswith(("encoder.", "quant_conv."))]
-    assert encoder_keys and all(torch.equal(old[k], new[k]) for k in encoder_keys)
-    assert any(not torch.equal(old[k], new[k]) for k in old if k.startswith("decoder."))
-    assert tuned.config.scaling_factor == base.config.scaling_factor
-    info = json.loads((tuned_dir / "training.json").read_text())
-    assert info["finetuned_decoder_of"] == str(base_dir) and info["crop_size"] == 0
-    with pytest.raises(ValueError, match="finetune-decoder"):
-        train_vae.main(["--preset", "cpu-decoder", "--data", str(data_dir), "--out", str(tmp_path / "x")])
-
-    # A stage-A run resumes after its VAE's decoder is swapped for the fine-tuned one (stage A only
-    # encodes), and refuses once the encoder differs.
-    vae_dir = tmp_path / "vae-in-use"
-    shutil.copytree(base_dir, vae_dir)
-    stage_a = ["--space", "vae", "--vae", str(vae_dir), "--ckpt-every", "1"]
-    train_tokenizer.main(stage_a_args(data_dir, tmp_path / "tok", *stage_a, "--steps", "1"))
-    shutil.rmtree(vae_dir)
-    shutil.copytree(tuned_dir, vae_dir)
-    train_tokenizer.main(stage_a_args(data_dir, tmp_path / "tok", *stage_a, "--steps", "2", "--resume"))
-    assert json.loads((tmp_path / "tok" / "log.jsonl").read_text().splitlines()[-1])["event"] == "done"
-    new["encoder.conv_in.bias"] += 1.0
-    tuned.load_state_dict(new)
-    tuned.save_pretrained(vae_dir)
-    with pytest.raises(ValueError, match="frozen weights"):
-        train_tokenizer.main(stage_a_args(data_dir, tmp_path / "tok", *stage_a, "--steps", "3", "--resume"))
-
-
-def test_stage_a_cache_dir_keeps_latents_and_anchors_for_the_next_run(
-    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    vae_dir = train_vae.main(["--preset", "test", "--data", str(data_dir), "--out", str(tmp_path / "vae")])
-    base = ["--space", "vae", "--vae", str(vae_dir), "--steps", "2"]
-    cache = ["--cache-dir", str(tmp_path / "cache")]
-    plain = train_tokenizer.main(stage_a_args(data_dir, tmp_path / "plain", *base, "--lam", "0.5"))
-    first = train_tokenizer.main(stage_a_args(data_dir, tmp_path / "first", *base, *cache, "--lam", "0.5"))
-    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == ["anchors", "latents"]
-    # Another λ on the same backbone and VAE encodes nothing: both come from the cache.
-    plain_b = train_tokenizer.main(stage_a_args(data_dir, tmp_path / "plain-b", *base, "--lam", "0.25"))
-    with monkeypatch.context() as m:
-        m.setattr(train_tokenizer, "encode_dataset", lambda *a, **k: pytest.fail("encoded again"))
-        second = train_tokenizer.main(
-            stage_a_args(data_dir, tmp_path / "second", *base, *cache, "--lam", "0.25")
-        )
-    # The same VAE moved elsewhere is the same key (it is keyed by its weights, not its path).
-    moved = [*base[:2], "--vae", str(shutil.copytree(vae_dir, tmp_path / "vae-moved")), *base[4:]]
-    with monkeypatch.context() as m:
-        m.setattr(train_tokenizer, "encode_dataset", lambda *a, **k: pytest.fail("encoded again"))
-        train_tokenizer.main(stage_a_args(data_dir, tmp_path / "moved", *moved, *cache, "--lam", "0.25"))
-    # What the cache holds is what the run computes: the weights are bitwise those of runs without it.
-    for with_cache, without in ((first, plain), (second, plain_b)):
-        _assert_same_state(
-            load_file(with_cache / "tokenizer.safetensors"), load_file(without / "tokenizer.safetensors")
-        )
-    # Another VAE is another key: its latents are computed and stored beside the first ones.
-    other_vae = train_vae.main(
-        ["--preset", "test", "--seed", "1", "--data", str(data_dir), "--out", str(tmp_path / "vae-b")]
-    )
-    other = [*base[:2], "--vae", str(other_vae), *base[4:], *cache, "--lam", "inf"]
-    train_tokenizer.main(stage_a_args(data_dir, tmp_path / "other", *other))
-    assert len(list((tmp_path / "cache").glob("latents-*.pt"))) == 2
-
-
-def test_cached_latents_are_the_image_spaces_encoding(data_dir: Path) -> None:
-    from diffusers import AutoencoderKL
-
-    from reptok.decoder import ImageSpace, ImageSpaceConfig
-    from tests.helpers import TINY_VAE_CONFIG
-    from train.data import build_dataset
-
-    space = ImageSpace(ImageSpaceConfig(kind="vae"), AutoencoderKL.from_config(TINY_VAE_CONFIG))
-    dataset = build_dataset(data_dir, "train", image_size=32)
-    cached = stage_a_setup.encode_dataset(space.encode, dataset, batch_size=3)
-    direct = space.encode(torch.stack([dataset[i]["image"] for i in range(len(dataset))]))
-    assert cached.shape == direct.shape and torch.allclose(cached, direct, atol=1e-5)
-
-
-def test_cached_anchors_are_the_original_backbones_tokens(data_dir: Path) -> None:
-    from reptok.encoder import ENCODER_PRESETS, Encoder
-    from train.data import build_dataset
-
-    encoder = Encoder(ENCODER_PRESETS["test"].replace(cosine_weight=0.1)).train()
-    with torch.no_grad():
-        encoder.backbone.cls_token.normal_()  # timm's 1e-6 init makes the tiny ViT's [cls] ill-conditioned
-        encoder.reset_frozen_token()
-        original = encoder.backbone.cls_token.detach().clone()
-        encoder.backbone.cls_token.add_(torch.randn_like(original))  # adapted: no longer the anchors
-    dataset = build_dataset(data_dir, "train", image_size=32)
-    cached = stage_a_setup.encode_dataset(stage_a_setup.frozen_tokens(encoder), dataset, batch_size=3)
-    assert encoder.training  # restored
-    images = torch.stack([dataset[i]["image"] for i in range(len(dataset))])
-    with torch.no_grad():
-        adapted = encoder.eval()(images).z  # (N, 1, D)
-        encoder.backbone.cls_token.copy_(original)
-        direct = encoder(images).z  # (N, 1, D): the original backbone's tokens
-    assert cached.shape == direct.shape and torch.allclose(cached, direct, atol=1e-5)
-    assert not torch.allclose(cached, adapted, atol=1e-2)
+    assert_same_state(class_first.class_generator.state_dict(), text_first.class_generator.state_dict())
+    assert_same_state(class_first.text_generator.state_dict(), text_first.text_generator.state_dict())
 
 
 def test_clear_errors(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,6 +1,6 @@
 """The pieces of a training checkpoint that are not the model: its format tag, the global RNG states,
 the fingerprint of the frozen weights (what --resume checks instead of storing them), and the atomic
-write. train/common.py's Trainer puts them together.
+write (train/files.py's, for torch.save). train/common.py's Trainer puts them together.
 """
 
 from __future__ import annotations

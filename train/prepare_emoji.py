@@ -8,8 +8,9 @@ Two kinds of package: iamcal/emoji-data's `emoji-datasource-{google,twitter}` (6
 (OpenMoji, Fluent Emoji), rasterised with resvg. Every image is keyed to the catalog's `unified`
 code and takes its name and category from there; SVGs whose code is not in the catalog are dropped.
 
-The npm part (``npm pack`` into a cache, safe extraction) lives in `main()`; everything after
-that (`build_dataset`, `write_npz`) works on already-extracted folders, so tests need no network.
+The npm part (``npm pack`` into a cache, safe extraction: `train/npm_tarballs.py`) runs in `main()`;
+everything after that (`build_dataset`, `write_npz`) works on already-extracted folders, so tests
+need no network. Images become RGB on white in `train/rasterize.py`.
 
 Only base emoji are used (no skin-tone variations). Images are RGBA and are composited over
 white. The train/held-out split is a hash of the emoji code, so an emoji held out in one style
@@ -20,12 +21,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import re
-import subprocess
 import sys
-import tarfile
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -35,11 +33,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
-import resvg_py
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 from tqdm import tqdm
 
 from train.files import atomic_path
+from train.npm_tarballs import extract_package, npm_pack, tarball_stem
+from train.rasterize import composite_on_white, render_svg_on_white
 
 # Pinned so the data set is reproducible; `npm view emoji-datasource-google version` gave 16.0.0.
 PACKAGE_VERSION = "16.0.0"
@@ -48,7 +47,6 @@ DATASOURCE_STYLES: tuple[str, ...] = ("google", "twitter")
 CATALOG_PACKAGE = "emoji-datasource"
 IMAGE_SIZE = 64
 HELDOUT_PERCENT = 10  # sha1(code) mod 100 below this -> heldout: ~10 % of the codes
-SUPERSAMPLE = 4  # SVGs are drawn at 4× the size, then LANCZOS: smoother edges than drawing at 64
 
 
 @dataclass(frozen=True)
@@ -141,35 +139,6 @@ def make_caption(name: str, short_names: list[str]) -> str:
         if words and words not in parts:
             parts.append(words)
     return ", ".join(parts)
-
-
-def composite_on_white(png_bytes: bytes, size: int = IMAGE_SIZE) -> np.ndarray:
-    """Decode a PNG (any mode) and alpha-composite it over white: (size, size, 3) uint8."""
-    with Image.open(io.BytesIO(png_bytes)) as image:
-        image.load()  # decode now, so a truncated file fails here and is counted as unreadable
-        rgba = image.convert("RGBA")  # palette + tRNS, LA, RGB all become straight RGBA
-    return _rgba_on_white(rgba, size)
-
-
-def _rgba_on_white(rgba: Image.Image, size: int) -> np.ndarray:
-    if rgba.size != (size, size):
-        rgba = rgba.resize((size, size), Image.Resampling.LANCZOS)  # premultiplies alpha inside
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8)
-
-
-def render_svg_on_white(svg: str, size: int = IMAGE_SIZE, supersample: int = SUPERSAMPLE) -> np.ndarray:
-    """Rasterise an SVG at supersample × size, centred and uncropped, then as `composite_on_white`."""
-    big = size * supersample
-    # resvg fits the viewBox into big × big keeping its aspect; no fonts: the SVGs have no text.
-    png = resvg_py.svg_to_bytes(svg_string=svg, width=big, height=big, skip_system_fonts=True)
-    with Image.open(io.BytesIO(png)) as image:
-        rgba = image.convert("RGBA")
-    if rgba.size != (big, big):  # a viewBox that is not square: pad, never stretch
-        square = Image.new("RGBA", (big, big), (0, 0, 0, 0))
-        square.paste(rgba, ((big - rgba.width) // 2, (big - rgba.height) // 2))
-        rgba = square
-    return _rgba_on_white(rgba, size)
 
 
 def _package_root(path: Path) -> Path:
@@ -334,39 +303,6 @@ def write_npz(arrays: dict[str, np.ndarray], out: Path) -> None:
         np.savez_compressed(tmp, **arrays)
 
 
-def tarball_stem(name: str, version: str) -> str:
-    """How `npm pack` names the tarball: '@lobehub/fluent-emoji-flat' -> 'lobehub-fluent-emoji-flat-1.1.0'."""
-    return f"{name.removeprefix('@').replace('/', '-')}-{version}"
-
-
-def npm_pack(name: str, version: str, cache_dir: Path) -> Path:
-    """`npm pack name@version` into the cache, unless the tarball is already there."""
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tarball = cache_dir / f"{tarball_stem(name, version)}.tgz"
-    if tarball.is_file():
-        print(f"cached: {tarball}")
-        return tarball
-    print(f"npm pack {name}@{version} -> {cache_dir}")
-    cmd = ["npm", "pack", f"{name}@{version}", "--pack-destination", str(cache_dir), "--silent"]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    if not tarball.is_file():
-        raise FileNotFoundError(f"npm pack did not produce {tarball}")
-    return tarball
-
-
-def _is_safe_member(member: tarfile.TarInfo, wanted: tuple[str, ...]) -> bool:
-    """Regular files under package/ only: no absolute paths, no '..', no links or devices."""
-    parts = Path(member.name).parts
-    return (
-        member.isfile()
-        and not Path(member.name).is_absolute()
-        and ".." not in parts
-        and len(parts) >= 2
-        and parts[0] == "package"
-        and member.name.startswith(wanted)
-    )
-
-
 def wanted_files(style: str | None, size: int = IMAGE_SIZE) -> tuple[str, ...]:
     """The tarball paths (prefixes) a style reads; style None: the catalog package's emoji.json."""
     common = ("package/package.json", "package/README.md")
@@ -375,26 +311,6 @@ def wanted_files(style: str | None, size: int = IMAGE_SIZE) -> tuple[str, ...]:
     if style in SVG_STYLES:
         return (*common, f"package/{SVG_STYLES[style].image_dir}/")
     return ("package/emoji.json", *common, f"package/img/{style}/{size}/")
-
-
-def extract_package(tarball: Path, dest: Path, wanted: tuple[str, ...]) -> Path:
-    """Extract the files we read (`wanted_files`) to dest/package; returns it."""
-    root = dest / "package"
-    done = dest / ".extracted"
-    if done.is_file() and done.read_text() == tarball.name:
-        return root
-    with tarfile.open(tarball, "r:gz") as tar:
-        for member in tar:
-            if not _is_safe_member(member, wanted):
-                continue
-            # Written by hand rather than tar.extract: only the checked name, no modes or owners.
-            target = dest.joinpath(*Path(member.name).parts)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            source = tar.extractfile(member)
-            if source is not None:
-                target.write_bytes(source.read())
-    done.write_text(tarball.name)
-    return root
 
 
 def print_summary(arrays: dict[str, np.ndarray]) -> None:

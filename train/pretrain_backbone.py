@@ -17,8 +17,9 @@ take the same path. Writes to <out>:
 The quality signal is `knn_accuracy` (k = 20, cosine, DINO's weighted vote) on the [cls] output:
 train split = memory bank, held-out split (emoji unseen in every style) = queries.
 
-The methods live in train/ssl_methods.py, their augmented views in train/ssl_views.py, the k-NN
-probe in train/knn.py; this file holds the presets, the backbone files and the CLI.
+The methods live in train/ssl_methods.py, their augmented views in train/ssl_views.py, the CLIP-style
+method's cached caption embeddings in train/caption_vectors.py, the k-NN probe in train/knn.py; this
+file holds the presets, the backbone files and the CLI.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from torch.utils.data import Dataset
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reptok.encoder import ENCODER_PRESETS, Encoder, EncoderConfig
+from train.caption_vectors import caption_vectors
 from train.cli import add_train_args, select_preset, train_config_from_args
 from train.common import Trainer
 from train.data import build_dataset
@@ -55,7 +57,6 @@ from train.ssl_methods import (
     MaeConfig,
     MaeMethod,
     PretrainConfig,
-    caption_vectors,
 )
 from train.ssl_views import build_backbone, module_device
 

@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import Tensor, nn
 
 from reptok.encoder import EncoderConfig
-from train.files import atomic_path
 from train.loop_config import TrainConfig
 from train.ssl_views import (
     Views,
@@ -385,25 +381,3 @@ class ClipMethod(nn.Module):
         t2i = (logits.T.logsumexp(1) - logits.T.masked_fill(~positive, -math.inf).logsumexp(1)).mean()
         accuracy = (logits.argmax(1) == which).float().mean()
         return (i2t + t2i) / 2, {"temperature": 1 / scale.detach(), "batch_acc": accuracy}
-
-
-@torch.no_grad()
-def caption_vectors(captions: Sequence[str], cache: Path, batch_size: int = 256) -> tuple[list[str], Tensor]:
-    """Mean-pooled (attention-masked), L2-normalised MiniLM embeddings of the distinct captions,
-    computed once and cached in a plain .npz (loads without pickle)."""
-    unique = sorted(set(captions))
-    if cache.is_file():
-        with np.load(cache, allow_pickle=False) as npz:
-            if npz["captions"].tolist() == unique:
-                return unique, torch.from_numpy(npz["vectors"])
-    from reptok.text import FrozenTextEncoder, TextEncoderConfig, sentence_embedding
-
-    encoder = FrozenTextEncoder(TextEncoderConfig())
-    chunks = []
-    for start in range(0, len(unique), batch_size):
-        chunks.append(sentence_embedding(*encoder(unique[start : start + batch_size])))  # (b, Dt)
-    vectors = torch.cat(chunks)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(cache) as tmp:
-        np.savez(tmp, captions=np.array(unique, dtype=str), vectors=vectors.numpy())
-    return unique, vectors
