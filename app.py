@@ -36,15 +36,22 @@ MANIFOLD_PATH = ROOT / "assets" / "manifold.npz"
 MODEL_CARD = ROOT / "MODEL_CARD.md"
 CARD_DIR = ROOT / "assets" / "card"  # the model card's pictures, linked as assets/card/<name>.png
 _class_names = tabs.class_names  # bench/latency.py reads the Class dropdown's choices through this name
+# Gradio shrinks a gallery's grid to its item count, so one image would fill the whole row: each
+# gallery fixes its column count (tabs.gallery's cols-N class).
+GALLERY_COLUMNS_CSS = "\n".join(
+    f".cols-{n} .grid-container {{ grid-template-columns: repeat({n}, minmax(0, 1fr)) !important; }}"
+    for n in range(1, tabs.MAX_GALLERY_COLUMNS + 1)
+)
 # Model outputs are small (32-64 px): show them as crisp pixels, not a blur.
-CSS = """
+CSS = (
+    """
 .pixelated img, .pixelated canvas { image-rendering: pixelated; }
 .pixel-out img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
-/* Gradio shrinks a gallery's grid to its item count, so one image would fill the whole row. */
-.cols-4 .grid-container { grid-template-columns: repeat(4, minmax(0, 1fr)) !important; }
-.cols-8 .grid-container { grid-template-columns: repeat(8, minmax(0, 1fr)) !important; }
 .help-text { font-size: 0.85em; opacity: 0.8; }
 """
+    + GALLERY_COLUMNS_CSS
+    + "\n"
+)
 
 
 def _about(models: ModelRegistry) -> str:

@@ -353,8 +353,11 @@ class Explorer:
                 lines.append(
                     f"- **{key}** ({entry.backbone}, λ={entry.lam}): {', '.join(m.names[j] for j in idx)}"
                 )
+        # Five tiles to a row: the backbone's name without its details ("CLIP-style ViT, 192-d token"
+        # -> "CLIP-style ViT"; the neighbours below give them), so the PSNR / SSIM stay readable.
         by_backbone = outputs.gallery(
-            [done[e.key][0] for e in backbones], [f"{e.backbone} · {done[e.key][1]}" for e in backbones]
+            [done[e.key][0] for e in backbones],
+            [f"{e.backbone.split(',')[0]} · {done[e.key][1]}" for e in backbones],
         )
         by_lambda = outputs.gallery(
             [done[e.key][0] for e in lambdas], [f"λ={e.lam} · {done[e.key][1]}" for e in lambdas]

@@ -42,8 +42,11 @@ def _path_only_preprocess(payload: ImageData | None) -> str | None:
     return str(payload.path)
 
 
+MAX_GALLERY_COLUMNS = 8  # app.CSS fixes the grid for 1 to this many columns
+
+
 def gallery(label: str, columns: int = 4, height: int | str = "auto") -> gr.Gallery:
-    """An output grid of pixel images at a fixed number of columns (4 or 8: see app.CSS)."""
+    """An output grid of pixel images at a fixed number of columns (1 to MAX_GALLERY_COLUMNS: app.CSS)."""
     return gr.Gallery(
         label=label,
         columns=columns,
@@ -321,8 +324,14 @@ def backbones_tab(app: Explorer, examples: list[str]) -> None:
                 steps = decoder_steps(app.models)
                 seed = seed_box()
             button = gr.Button("Compare", variant="primary")
-    by_backbone = gallery("One tokenizer per backbone, at the default model's λ")
-    by_lambda = gallery("The default model's backbone across λ (∞: frozen token)")
+    # One row each, however many tokenizers ship (five backbones, four λ): side by side.
+    row = lambda n: min(max(n, 1), MAX_GALLERY_COLUMNS)  # noqa: E731
+    by_backbone = gallery(
+        "One tokenizer per backbone, at the default model's λ", row(len(app.models.backbone_row()))
+    )
+    by_lambda = gallery(
+        "The default model's backbone across λ (∞: frozen token)", row(len(app.models.lambda_row()))
+    )
     neighbours = gr.Markdown()
     if examples:
         gr.Examples(examples, inputs=[image], label="Examples")

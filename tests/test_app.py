@@ -21,7 +21,7 @@ gr = pytest.importorskip("gradio")
 client_mod = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
-from app import ModelRegistry, build_demo  # noqa: E402
+from app import CSS, ModelRegistry, build_demo  # noqa: E402
 from reptok.manifold import fit_2d, load_manifold, nearest, place, save_manifold  # noqa: E402
 from reptok.pipeline import RepTok  # noqa: E402
 from tests.helpers import CLASS_NAMES, randomize_, tiny_config  # noqa: E402
@@ -392,6 +392,16 @@ def test_registry_rows_one_tokenizer_per_backbone_and_per_lambda(model_dir: Path
     assert registry.default == "main"
     assert [e.key for e in registry.backbone_row()] == ["d-random-lam1", "e-clip-lam1", "b-dino-lam1"]
     assert [e.key for e in registry.lambda_row()] == ["a-clip-lam0", "e-clip-lam1", "c-clip-laminf"]
+    # The Backbones tab shows each row side by side: one gallery column per tokenizer, with a CSS rule.
+    registry = ModelRegistry([*dirs, make("f-mae-lam1", "mae", "1", "m")])  # 4 backbones, 3 λ
+    demo = build_demo(registry, manifold_path=tmp_path / "none.npz")
+    rows = {b.label: b for b in demo.blocks.values() if type(b).__name__ == "Gallery"}
+    by_backbone = rows["One tokenizer per backbone, at the default model's λ"]
+    by_lambda = rows["The default model's backbone across λ (∞: frozen token)"]
+    assert (by_backbone.columns, by_lambda.columns) == (4, 3)
+    for gallery in rows.values():  # every gallery's fixed column count has its grid rule in the CSS
+        (cols,) = [c for c in gallery.elem_classes if c.startswith("cols-")]
+        assert f".{cols} .grid-container {{ grid-template-columns: repeat({gallery.columns}," in CSS
 
 
 # ------------------------------------------------------------------------------- concurrency
