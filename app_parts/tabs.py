@@ -262,7 +262,13 @@ def text_prompts_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
     notice(models)
     with gr.Row():
         with gr.Column():
-            prompt = gr.Textbox(label="Prompt", placeholder="red apple", max_length=MAX_PROMPT_CHARS)
+            # Opens on an example (as the class tab opens on a class): Sample answers at once.
+            prompt = gr.Textbox(
+                label="Prompt",
+                value=PROMPT_EXAMPLES[0],
+                placeholder="an emoji's name, e.g. red apple",
+                max_length=MAX_PROMPT_CHARS,
+            )
             with gr.Accordion("Settings", open=False):
                 model = model_dropdown(models, "text")
                 controls = sampling_controls(models, "text")

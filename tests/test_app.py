@@ -197,6 +197,15 @@ def test_sampling_menus_offer_only_models_that_can_sample(model_dir: Path, tmp_p
     ]
 
 
+def test_text_tab_opens_on_an_example_prompt(model_dir: Path, tmp_path: Path) -> None:
+    """Sample on a fresh page draws something: the prompt box holds an example, not just a placeholder."""
+    from app_parts.tabs import PROMPT_EXAMPLES
+
+    demo = build_demo(ModelRegistry([model_dir]), manifold_path=tmp_path / "none.npz")
+    (prompt,) = [b for b in demo.blocks.values() if type(b).__name__ == "Textbox" and b.label == "Prompt"]
+    assert prompt.value == PROMPT_EXAMPLES[0]
+
+
 def test_class_tab_opens_on_an_example_class_the_model_has(model_dir: Path, tmp_path: Path) -> None:
     """With "Smileys & Emotion" second among its classes, the tab opens on it (the first of
     CLASS_EXAMPLES the model has) and lists it as an example; a model with none opens on its first."""
