@@ -45,6 +45,11 @@ def _path_only_preprocess(payload: ImageData | None) -> str | None:
 MAX_GALLERY_COLUMNS = 8  # app.CSS fixes the grid for 1 to this many columns
 
 
+def one_row(count: int) -> int:
+    """Columns that put `count` images side by side in one gallery row (as many as the CSS allows)."""
+    return min(max(count, 1), MAX_GALLERY_COLUMNS)
+
+
 def gallery(label: str, columns: int = 4, height: int | str = "auto") -> gr.Gallery:
     """An output grid of pixel images at a fixed number of columns (1 to MAX_GALLERY_COLUMNS: app.CSS)."""
     return gr.Gallery(
@@ -331,12 +336,11 @@ def backbones_tab(app: Explorer, examples: list[str]) -> None:
                 seed = seed_box()
             button = gr.Button("Compare", variant="primary")
     # One row each, however many tokenizers ship (five backbones, four λ): side by side.
-    row = lambda n: min(max(n, 1), MAX_GALLERY_COLUMNS)  # noqa: E731
     by_backbone = gallery(
-        "One tokenizer per backbone, at the default model's λ", row(len(app.models.backbone_row()))
+        "One tokenizer per backbone, at the default model's λ", one_row(len(app.models.backbone_row()))
     )
     by_lambda = gallery(
-        "The default model's backbone across λ (∞: frozen token)", row(len(app.models.lambda_row()))
+        "The default model's backbone across λ (∞: frozen token)", one_row(len(app.models.lambda_row()))
     )
     neighbours = gr.Markdown()
     if examples:
