@@ -326,8 +326,33 @@ def interpolation_tab(app: Explorer, examples: list[str]) -> gr.Dropdown:
     return model
 
 
+def budget_line(models: ModelRegistry) -> str:
+    """What the Backbones tab's tiles were trained with, so a grid of blobs beside a sharp default
+    reconstruction reads as what it is: equal, short budgets (the ablation tables' rows)."""
+    if not len(models):
+        return ""
+    default, twin = models.entry(None), models.comparable()
+    rows = list({e.key: e for e in [*models.backbone_row(), *models.lambda_row()]}.values())
+    steps = {e.config.info.get("steps") for e in rows}
+    parts = []
+    if len(steps) == 1 and None not in steps:
+        parts.append(
+            f"Every tokenizer here trained for the same {steps.pop():,} stage-A steps (equal budgets)."
+        )
+    if twin is not default:
+        trained = default.config.info.get("steps")
+        longer = f" ({trained:,} steps)" if trained else ""
+        parts.append(
+            f"The default model `{default.key}`{longer} is compared through `{twin.key}`, its same-budget"
+            " twin (same backbone and λ); its own reconstruction is in the Reconstruct tab."
+        )
+    return " ".join(parts)
+
+
 def backbones_tab(app: Explorer, examples: list[str]) -> None:
     notice(app.models)
+    if line := budget_line(app.models):
+        gr.Markdown(line, elem_classes="help-text")
     with gr.Row():
         image = image_input("Image")
         with gr.Column():

@@ -373,11 +373,13 @@ def test_registry_holds_large_models_in_bf16(model_dir: Path, monkeypatch: pytes
 
 
 def test_registry_rows_one_tokenizer_per_backbone_and_per_lambda(model_dir: Path, tmp_path: Path) -> None:
+    from app_parts.tabs import budget_line
+
     base = json.loads((model_dir / "config.json").read_text())
 
-    def make(name: str, method: str, lam: str, sha: str, main: bool = False) -> Path:
+    def make(name: str, method: str, lam: str, sha: str, main: bool = False, steps: int = 400) -> Path:
         config = json.loads(json.dumps(base))
-        config["info"] = {"name": name, "backbone_method": method, "main": main}
+        config["info"] = {"name": name, "backbone_method": method, "main": main, "steps": steps}
         config["encoder"]["cosine_weight"] = lam
         config["backbone_sha256"] = sha
         (tmp_path / name).mkdir()
@@ -389,7 +391,7 @@ def test_registry_rows_one_tokenizer_per_backbone_and_per_lambda(model_dir: Path
         make("b-dino-lam1", "dino", "1", "d"),
         make("c-clip-laminf", "clip", "inf", "c"),
         make("d-random-lam1", "random", "1", "r"),
-        make("main", "clip", "1", "c", main=True),
+        make("main", "clip", "1", "c", main=True, steps=4000),
         make("z-mae-lam0", "mae", "0", "m"),  # not at the main λ: not in the backbone row
     ]
     registry = ModelRegistry(dirs)
@@ -401,6 +403,14 @@ def test_registry_rows_one_tokenizer_per_backbone_and_per_lambda(model_dir: Path
     assert registry.default == "main"
     assert [e.key for e in registry.backbone_row()] == ["d-random-lam1", "e-clip-lam1", "b-dino-lam1"]
     assert [e.key for e in registry.lambda_row()] == ["a-clip-lam0", "e-clip-lam1", "c-clip-laminf"]
+    # The tab says what its tiles are: equal 400-step budgets, the 4,000-step default through its twin.
+    assert budget_line(registry) == (
+        "Every tokenizer here trained for the same 400 stage-A steps (equal budgets). The default model"
+        " `main` (4,000 steps) is compared through `e-clip-lam1`, its same-budget twin (same backbone and λ);"
+        " its own reconstruction is in the Reconstruct tab."
+    )
+    # Without a twin the default itself is in the rows: budgets differ, and the tab claims nothing.
+    assert budget_line(ModelRegistry(dirs)) == ""
     # The Backbones tab shows each row side by side: one gallery column per tokenizer, with a CSS rule.
     registry = ModelRegistry([*dirs, make("f-mae-lam1", "mae", "1", "m")])  # 4 backbones, 3 λ
     demo = build_demo(registry, manifold_path=tmp_path / "none.npz")
