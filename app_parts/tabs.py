@@ -332,8 +332,7 @@ def budget_line(models: ModelRegistry) -> str:
     if not len(models):
         return ""
     default, twin = models.entry(None), models.comparable()
-    rows = list({e.key: e for e in [*models.backbone_row(), *models.lambda_row()]}.values())
-    steps = {e.config.info.get("steps") for e in rows}
+    steps = {e.config.info.get("steps") for e in [*models.backbone_row(), *models.lambda_row()]}
     parts = []
     if len(steps) == 1 and None not in steps:
         parts.append(
