@@ -48,6 +48,8 @@ CSS = (
 .pixelated img, .pixelated canvas { image-rendering: pixelated; }
 .pixel-out img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
 .help-text { font-size: 0.85em; opacity: 0.8; }
+/* Gradio gives every gallery a 450 px minimum height, which left most of a one-row gallery empty. */
+.pixelated .grid-wrap.fixed-height { min-height: 0; }
 """
     + GALLERY_COLUMNS_CSS
     + "\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from operator import attrgetter
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -24,6 +25,17 @@ PROMPT_EXAMPLES = ["red apple", "smiling face with sunglasses", "blue car", "red
 # and the faces' group); the Class tab opens on the first one a model has and lists those it has as
 # examples. Alphabetically first would be "Activities", a small group with some of the weakest samples.
 CLASS_EXAMPLES = ["face-smiling", "animal-mammal", "food-fruit", "heart", "Smileys & Emotion"]
+# Held-out examples the default model reconstructs recognisably (the model card's grid): the image
+# tabs open on them, so Reconstruct, Interpolate and Compare answer on a fresh page, as Sample does.
+OPENING_EXAMPLES = ["google-grinning_face.png", "google-japan_flag.png"]
+
+
+def opening_images(examples: list[str], n: int) -> list[str | None]:
+    """`n` of the example paths to open the image inputs on: OPENING_EXAMPLES first, then the others
+    in order; None (an empty input) where there are fewer than `n`."""
+    named = [e for name in OPENING_EXAMPLES for e in examples if Path(e).name == name]
+    rest = [e for e in examples if e not in named]
+    return [*named, *rest, *[None] * n][:n]
 
 
 # ------------------------------------------------------------------------------ shared controls
@@ -61,8 +73,8 @@ def gallery(label: str, columns: int = 4, height: int | str = "auto") -> gr.Gall
     )
 
 
-def image_input(label: str) -> gr.Image:
-    image = gr.Image(label=label, type="filepath", sources=["upload", "clipboard"], height=260)
+def image_input(label: str, value: str | None = None) -> gr.Image:
+    image = gr.Image(label=label, value=value, type="filepath", sources=["upload", "clipboard"], height=260)
     # Set on the instance, not in a gr.Image subclass: Gradio's component metaclass writes a .pyi
     # stub next to the module of every subclass (a stray file, and a crash on a read-only disk).
     image.preprocess = _path_only_preprocess  # type: ignore[method-assign]
@@ -194,7 +206,7 @@ def reconstruct_tab(demo: gr.Blocks, app: Explorer, examples: list[str]) -> gr.D
     models = app.models
     notice(models)
     with gr.Row():
-        image = image_input("Image")
+        image = image_input("Image", *opening_images(examples, 1))
         with gr.Column():
             with gr.Accordion("Settings", open=False):
                 model = model_dropdown(models)
@@ -296,7 +308,8 @@ def interpolation_tab(app: Explorer, examples: list[str]) -> gr.Dropdown:
     models = app.models
     notice(models)
     with gr.Row():
-        image_a, image_b = image_input("Image A"), image_input("Image B")
+        first, second = opening_images(examples, 2)
+        image_a, image_b = image_input("Image A", first), image_input("Image B", second)
         with gr.Column():
             with gr.Accordion("Settings", open=False):
                 model = model_dropdown(models)
@@ -353,7 +366,7 @@ def backbones_tab(app: Explorer, examples: list[str]) -> None:
     if line := budget_line(app.models):
         gr.Markdown(line, elem_classes="help-text")
     with gr.Row():
-        image = image_input("Image")
+        image = image_input("Image", *opening_images(examples, 1))
         with gr.Column():
             with gr.Accordion("Settings", open=False):
                 steps = decoder_steps(app.models)

@@ -206,6 +206,24 @@ def test_text_tab_opens_on_an_example_prompt(model_dir: Path, tmp_path: Path) ->
     assert prompt.value == PROMPT_EXAMPLES[0]
 
 
+def test_image_tabs_open_on_the_opening_examples(model_dir: Path, tmp_path: Path) -> None:
+    """Reconstruct, Interpolation and Backbones open on held-out examples (the browser test clicks
+    Reconstruct on a fresh page); opening_images falls back to the other examples, then to None."""
+    from app_parts.tabs import OPENING_EXAMPLES, opening_images
+
+    demo = build_demo(ModelRegistry([model_dir]), manifold_path=tmp_path / "none.npz")
+    values = {
+        b.label: Path(b.value["path"]).name if b.value else None
+        for b in demo.blocks.values()
+        if type(b).__name__ == "Image" and b.label in {"Image", "Image A", "Image B"}
+    }
+    first, second = OPENING_EXAMPLES
+    assert values == {"Image": first, "Image A": first, "Image B": second}
+    assert opening_images(["x/a.png", f"x/{second}", "x/b.png"], 3) == [f"x/{second}", "x/a.png", "x/b.png"]
+    assert opening_images(["x/a.png"], 2) == ["x/a.png", None]
+    assert opening_images([], 1) == [None]
+
+
 def test_class_tab_opens_on_an_example_class_the_model_has(model_dir: Path, tmp_path: Path) -> None:
     """With "Smileys & Emotion" second among its classes, the tab opens on it (the first of
     CLASS_EXAMPLES the model has) and lists it as an example; a model with none opens on its first."""

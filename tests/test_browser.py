@@ -265,3 +265,28 @@ def test_sampler_defaults_follow_the_chosen_model(tmp_path: Path) -> None:
                 browser.close()  # type: ignore[attr-defined]
     finally:
         demo.close()
+
+
+def test_reconstruct_answers_on_a_fresh_page(app_url: str) -> None:
+    """The image tabs open on held-out examples, so Reconstruct answers without an upload; a one-row
+    gallery is as tall as its row (app.CSS lifts Gradio's 450 px minimum)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})  # type: ignore[attr-defined]
+            page.goto(app_url, wait_until="domcontentloaded")
+            page.get_by_text("on this machine").first.wait_for(timeout=60_000)
+            tab = page.locator("#tab-reconstruct")
+            tab.get_by_role("button", name="Reconstruct").click()
+            page.locator("#reconstruction img").wait_for(state="visible", timeout=60_000)
+            tab.get_by_text("PSNR").first.wait_for(timeout=60_000)
+            variations = tab.locator(".pixelated .grid-wrap")
+            variations.locator("img").nth(3).wait_for(state="visible", timeout=60_000)  # 4 seeds, one row
+            tile = variations.locator("img").first.bounding_box()
+            box = variations.bounding_box()
+            assert tile is not None and box is not None
+            assert box["height"] < tile["height"] + 100, (box, tile)
+            page.screenshot(path=str(SCREENSHOTS / "reconstruct_fresh_page.png"), full_page=True)
+        finally:
+            browser.close()  # type: ignore[attr-defined]
