@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -113,40 +115,46 @@ def _browser(p: object) -> object:
     )
 
 
-def test_manifold_click_shows_the_emoji(app_url: str) -> None:
-    """gr.Plot reports no clicks; the page's script (app_parts/tab_manifold.py) hands Plotly's click
-    on a point to the app, which shows that emoji; the time estimate is under the button."""
+@contextlib.contextmanager
+def _app_page(url: str) -> Iterator[Any]:
+    """A 1280×1000 page of the app at `url`, in a browser of its own, once the Reconstruct tab's time
+    estimate shows."""
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
         browser = _browser(p)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})  # type: ignore[attr-defined]
-            page.goto(app_url, wait_until="domcontentloaded")
-            page.get_by_text("on this machine").first.wait_for(timeout=60_000)  # the Reconstruct estimate
-            page.get_by_role("tab", name="Latent manifold").click()
-            plot = page.locator("#manifold-plot .js-plotly-plot")
-            plot.wait_for(state="visible", timeout=30_000)
-            plot.scroll_into_view_if_needed()  # a mouse click lands only on the visible page
-            page.wait_for_timeout(1000)  # the click hook attaches within 0.5 s
-            # Where Plotly drew the first point of the first trace, in page pixels.
-            x, y, name = plot.evaluate(
-                """(gd) => {
-                    const t = gd._fullData[0], xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
-                    const box = gd.getBoundingClientRect();
-                    return [box.left + xa._offset + xa.l2p(t.x[0]), box.top + ya._offset + ya.l2p(t.y[0]),
-                            t.text[0]];
-                }"""
-            )
-            page.mouse.move(x, y)
-            page.wait_for_timeout(300)
-            page.mouse.click(x, y)
-            page.locator("#tab-latent-manifold").get_by_text("decoded by each λ's model").wait_for(
-                timeout=60_000
-            )
-            assert page.locator("#tab-latent-manifold strong", has_text=name).count() >= 1
-            page.screenshot(path=str(SCREENSHOTS / "manifold_click.png"), full_page=True)
+            page.goto(url, wait_until="domcontentloaded")
+            page.get_by_text("on this machine").first.wait_for(timeout=60_000)
+            yield page
         finally:
             browser.close()  # type: ignore[attr-defined]
+
+
+def test_manifold_click_shows_the_emoji(app_url: str) -> None:
+    """gr.Plot reports no clicks; the page's script (app_parts/tab_manifold.py) hands Plotly's click
+    on a point to the app, which shows that emoji; the time estimate is under the button."""
+    with _app_page(app_url) as page:
+        page.get_by_role("tab", name="Latent manifold").click()
+        plot = page.locator("#manifold-plot .js-plotly-plot")
+        plot.wait_for(state="visible", timeout=30_000)
+        plot.scroll_into_view_if_needed()  # a mouse click lands only on the visible page
+        page.wait_for_timeout(1000)  # the click hook attaches within 0.5 s
+        # Where Plotly drew the first point of the first trace, in page pixels.
+        x, y, name = plot.evaluate(
+            """(gd) => {
+                const t = gd._fullData[0], xa = gd._fullLayout.xaxis, ya = gd._fullLayout.yaxis;
+                const box = gd.getBoundingClientRect();
+                return [box.left + xa._offset + xa.l2p(t.x[0]), box.top + ya._offset + ya.l2p(t.y[0]),
+                        t.text[0]];
+            }"""
+        )
+        page.mouse.move(x, y)
+        page.wait_for_timeout(300)
+        page.mouse.click(x, y)
+        page.locator("#tab-latent-manifold").get_by_text("decoded by each λ's model").wait_for(timeout=60_000)
+        assert page.locator("#tab-latent-manifold strong", has_text=name).count() >= 1
+        page.screenshot(path=str(SCREENSHOTS / "manifold_click.png"), full_page=True)
 
 
 def test_official_model_status_and_dropdown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -270,23 +278,15 @@ def test_sampler_defaults_follow_the_chosen_model(tmp_path: Path) -> None:
 def test_reconstruct_answers_on_a_fresh_page(app_url: str) -> None:
     """The image tabs open on held-out examples, so Reconstruct answers without an upload; a one-row
     gallery is as tall as its row (app.CSS lifts Gradio's 450 px minimum)."""
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        browser = _browser(p)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})  # type: ignore[attr-defined]
-            page.goto(app_url, wait_until="domcontentloaded")
-            page.get_by_text("on this machine").first.wait_for(timeout=60_000)
-            tab = page.locator("#tab-reconstruct")
-            tab.get_by_role("button", name="Reconstruct").click()
-            page.locator("#reconstruction img").wait_for(state="visible", timeout=60_000)
-            tab.get_by_text("PSNR").first.wait_for(timeout=60_000)
-            variations = tab.locator(".pixelated .grid-wrap")
-            variations.locator("img").nth(3).wait_for(state="visible", timeout=60_000)  # 4 seeds, one row
-            tile = variations.locator("img").first.bounding_box()
-            box = variations.bounding_box()
-            assert tile is not None and box is not None
-            assert box["height"] < tile["height"] + 100, (box, tile)
-            page.screenshot(path=str(SCREENSHOTS / "reconstruct_fresh_page.png"), full_page=True)
-        finally:
-            browser.close()  # type: ignore[attr-defined]
+    with _app_page(app_url) as page:
+        tab = page.locator("#tab-reconstruct")
+        tab.get_by_role("button", name="Reconstruct").click()
+        page.locator("#reconstruction img").wait_for(state="visible", timeout=60_000)
+        tab.get_by_text("PSNR").first.wait_for(timeout=60_000)
+        variations = tab.locator(".pixelated .grid-wrap")
+        variations.locator("img").nth(3).wait_for(state="visible", timeout=60_000)  # 4 seeds, one row
+        tile = variations.locator("img").first.bounding_box()
+        box = variations.bounding_box()
+        assert tile is not None and box is not None
+        assert box["height"] < tile["height"] + 100, (box, tile)
+        page.screenshot(path=str(SCREENSHOTS / "reconstruct_fresh_page.png"), full_page=True)
