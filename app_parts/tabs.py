@@ -319,15 +319,16 @@ def interpolation_tab(app: Explorer, examples: list[str]) -> gr.Dropdown:
                 seed = seed_box("Seed (one decoder noise for every frame)")
             button = gr.Button("Interpolate", variant="primary")
     defaults_follow_model(model, models, {steps: "decode_steps"})
-    if len(examples) >= 2:
-        pairs = [[a, b] for a, b in zip(examples[0::2], examples[1::2], strict=False)][:8]
-        gr.Examples(pairs, inputs=[image_a, image_b], label="Example pairs")
     strip = gallery("A → B", columns=8)
     with gr.Row():
         with gr.Column():
             weight = gr.Slider(0, 1, value=0.5, step=0.01, label="Weight (0 = A, 1 = B)")
             frame = gr.Image(label="Frame at the weight", format="png", height=256, elem_classes="pixel-out")
         gif = gr.File(label="Animated GIF")
+    # Below the outputs, as in the Reconstruct tab: a table of pairs above them pushed the strip off screen.
+    if len(examples) >= 2:
+        pairs = [[a, b] for a, b in zip(examples[0::2], examples[1::2], strict=False)][:8]
+        gr.Examples(pairs, inputs=[image_a, image_b], label="Example pairs")
     frames_state = gr.State([])
     button.click(
         app.interpolate,

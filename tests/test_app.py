@@ -224,6 +224,16 @@ def test_image_tabs_open_on_the_opening_examples(model_dir: Path, tmp_path: Path
     assert opening_images([], 1) == [None]
 
 
+def test_interpolation_outputs_come_before_its_example_pairs(model_dir: Path, tmp_path: Path) -> None:
+    """The strip of frames sits right under the inputs; the table of example pairs (eight rows of
+    images) comes after it, as the Reconstruct tab's examples come after its outputs."""
+    demo = build_demo(ModelRegistry([model_dir]), manifold_path=tmp_path / "none.npz")
+    order = [
+        (type(b).__name__, getattr(b, "label", None)) for b in demo.blocks.values()
+    ]  # the order the page lays out
+    assert order.index(("Gallery", "A → B")) < order.index(("Dataset", "Example pairs"))
+
+
 def test_class_tab_opens_on_an_example_class_the_model_has(model_dir: Path, tmp_path: Path) -> None:
     """With "Smileys & Emotion" second among its classes, the tab opens on it (the first of
     CLASS_EXAMPLES the model has) and lists it as an example; a model with none opens on its first."""
