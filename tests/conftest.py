@@ -38,3 +38,7 @@ def tiny_model_dir(tiny_model: RepTok, tmp_path_factory: pytest.TempPathFactory)
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny image folder (circles and squares) for the training scripts' end-to-end tests."""
     return write_shapes_folder(tmp_path_factory.mktemp("shapes") / "data")
+
+
+# The app's fixtures (tests/app_fixtures.py), for test_app.py, test_app_layout.py and test_app_manifold.py.
+from tests.app_fixtures import client, files, manifold_path, model_dir  # noqa: E402, F401

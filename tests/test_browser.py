@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from tests.app_fixtures import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"
@@ -26,12 +27,6 @@ pytestmark = [
         reason="needs Debian's chromium at /usr/bin/chromium (apt-get install chromium)",
     ),
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +49,7 @@ def app_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         settings={"1": {"xy": fit_2d(tokens), "tokens": tokens}},
     )
     demo = build_demo(ModelRegistry([model_dir]), manifold_path=manifold)
-    port = _free_port()
+    port = free_port()
     demo.queue().launch(
         prevent_thread_lock=True, server_port=port, server_name="127.0.0.1", quiet=True, css=CSS
     )
@@ -185,7 +180,7 @@ def test_official_model_status_and_dropdown(tmp_path: Path, monkeypatch: pytest.
     models = ModelRegistry([write(tmp_path / "embedded", "embedded")])
     fetch = official.OfficialFetch(models, tmp_path / OFFICIAL_NAME).start()
     demo = build_demo(models, manifold_path=tmp_path / "none.npz", official=fetch)
-    port = _free_port()
+    port = free_port()
     demo.queue().launch(
         prevent_thread_lock=True, server_port=port, server_name="127.0.0.1", quiet=True, css=CSS
     )
@@ -230,7 +225,7 @@ def test_sampler_defaults_follow_the_chosen_model(tmp_path: Path) -> None:
         [write("fast", 2, 2.5, 0.3, (0.3, 0.9)), write("slow", 37, 6.5, 0.85, (0.1, 0.95))]
     )
     demo = build_demo(models, manifold_path=tmp_path / "no.npz")
-    port = _free_port()
+    port = free_port()
     demo.queue().launch(
         prevent_thread_lock=True, server_port=port, server_name="127.0.0.1", quiet=True, css=CSS
     )
