@@ -206,7 +206,7 @@ def reconstruct_tab(demo: gr.Blocks, app: Explorer, examples: list[str]) -> gr.D
     models = app.models
     notice(models)
     with gr.Row():
-        image = image_input("Image", *opening_images(examples, 1))
+        image = image_input("Image", opening_images(examples, 1)[0])
         with gr.Column():
             with gr.Accordion("Settings", open=False):
                 model = model_dropdown(models)
@@ -367,7 +367,7 @@ def backbones_tab(app: Explorer, examples: list[str]) -> None:
     if line := budget_line(app.models):
         gr.Markdown(line, elem_classes="help-text")
     with gr.Row():
-        image = image_input("Image", *opening_images(examples, 1))
+        image = image_input("Image", opening_images(examples, 1)[0])
         with gr.Column():
             with gr.Accordion("Settings", open=False):
                 steps = decoder_steps(app.models)
