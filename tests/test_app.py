@@ -20,7 +20,7 @@ from reptok.pipeline import RepTok  # noqa: E402
 from tests.app_fixtures import SIZE, error, item_path  # noqa: E402
 from tests.helpers import CLASS_NAMES  # noqa: E402
 
-# ------------------------------------------------------------------- endpoints
+# ------------------------------------------------------------------------------- endpoints
 
 
 def test_reconstruct(client: Client, files: dict[str, Path]) -> None:
@@ -115,7 +115,7 @@ def test_compare_backbones(client: Client, files: dict[str, Path]) -> None:
     assert "tiny" in neighbours and "emoji" in neighbours
 
 
-# -------------------------------------------------------------------- registry
+# ------------------------------------------------------------------------------- registry
 
 
 def test_registry_holds_large_models_in_bf16(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -185,7 +185,7 @@ def test_registry_rows_one_tokenizer_per_backbone_and_per_lambda(model_dir: Path
         assert f".{cols} .grid-container {{ grid-template-columns: repeat({gallery.columns}," in CSS
 
 
-# ----------------------------------------------------------------- concurrency
+# ------------------------------------------------------------------------------- concurrency
 
 
 USERS, CALLS_EACH, BURSTS = 8, 3, 4
@@ -265,7 +265,7 @@ def test_phone_photo_upload(client: Client, tmp_path: Path) -> None:
     assert "PSNR" in summary
 
 
-# ------------------------------------------------------------------ bad inputs
+# ------------------------------------------------------------------------------- bad inputs
 
 
 @pytest.mark.parametrize(
@@ -329,7 +329,7 @@ def test_no_models(tmp_path: Path) -> None:
     assert isinstance(build_demo(ModelRegistry([])), gr.Blocks)
 
 
-# ------------------------------------------------------------ expected seconds
+# ------------------------------------------------------------------------------- expected seconds
 
 
 @pytest.mark.parametrize(("steps", "images", "seconds"), [(1, 1, 0.07), (10, 1, 0.25), (10, 4, 1.0)])

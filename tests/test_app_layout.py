@@ -11,13 +11,12 @@ import pytest
 import torch
 
 gr = pytest.importorskip("gradio")
-client_mod = pytest.importorskip("gradio_client")
 
 from app import ModelRegistry, build_demo  # noqa: E402
 from reptok.pipeline import RepTok  # noqa: E402
 from tests.helpers import tiny_config  # noqa: E402
 
-# ---------------------------------------------------- opening values and menus
+# ------------------------------------------------------------------------------- opening values and menus
 
 
 def test_sampling_menus_offer_only_models_that_can_sample(model_dir: Path, tmp_path: Path) -> None:
@@ -150,7 +149,7 @@ def test_about_describes_the_loaded_models(model_dir: Path) -> None:
     assert "| class, text |" in text  # what the sampling tabs offer it for
 
 
-# ------------------------------------------------------- held-out metrics line
+# ------------------------------------------------------------------------------- held-out metrics line
 
 
 FULL_METRICS = {

@@ -20,7 +20,7 @@ from reptok.pipeline import RepTok  # noqa: E402
 from tests.app_fixtures import LAMBDAS, SIZE, error, item_path  # noqa: E402
 from tests.helpers import CLASS_NAMES, randomize_  # noqa: E402
 
-# ------------------------------------------------------------------- endpoints
+# ------------------------------------------------------------------------------- endpoints
 
 
 def test_manifold(client: Client, files: dict[str, Path]) -> None:
@@ -55,7 +55,7 @@ def test_manifold_missing(model_dir: Path, tmp_path: Path) -> None:
     assert plot is None and "No precomputed manifold" in note
 
 
-# ------------------------------------------------------------ manifold library
+# ------------------------------------------------------------------------------- manifold library
 
 
 def test_manifold_roundtrip(tmp_path: Path) -> None:
@@ -98,7 +98,7 @@ def test_fit_2d_umap() -> None:
     assert fit_2d(tokens, seed=0).shape == (30, 2)
 
 
-# ----------------------------------------------------------- manifold across λ
+# ------------------------------------------------------------------------------- manifold across λ
 
 
 def _manifold(
