@@ -73,6 +73,14 @@ def gallery(label: str, columns: int = 4, height: int | str = "auto") -> gr.Gall
     )
 
 
+def run_on_click(picked: gr.Examples, fn: Callable[..., Any], inputs: list[Any], outputs: Any) -> Any:
+    """Once an example has filled the tab's inputs, run the tab's action on them, as a Space's examples
+    do (without this a click only fills the inputs). Not gr.Examples(run_on_click=True): that passes the
+    example's own columns alone, not the tab's settings. Private: the tab's button is the API endpoint,
+    and is wired first, so that it keeps its api_name (Gradio names later events after the function)."""
+    return picked.load_input_event.then(fn, inputs, outputs, api_visibility="private")
+
+
 def image_input(label: str, value: str | None = None) -> gr.Image:
     image = gr.Image(label=label, value=value, type="filepath", sources=["upload", "clipboard"], height=260)
     # Set on the instance, not in a gr.Image subclass: Gradio's component metaclass writes a .pyi
@@ -229,16 +237,15 @@ def reconstruct_tab(demo: gr.Blocks, app: Explorer, examples: list[str]) -> gr.D
     summary = gr.Markdown()
     gr.Markdown(HELD_OUT_HELP, elem_classes="help-text")  # the held-out line's terms
     variations = gallery("Variations: the same token, 4 decoder seeds (how far apart: τ in Settings)")
-    if examples:
-        gr.Examples(examples, inputs=[image], label="Examples")
-    inputs = [image, model, steps, seed, tau]
-    gr.on(
-        [button.click, image.upload],
-        app.reconstruct,
-        inputs,
-        [original, recon, heat, summary],
-        api_name="reconstruct",
-    ).success(app.variations, inputs, variations, api_name="variations")
+    inputs, outputs = [image, model, steps, seed, tau], [original, recon, heat, summary]
+    picked = gr.Examples(examples, inputs=[image], label="Examples") if examples else None
+    gr.on([button.click, image.upload], app.reconstruct, inputs, outputs, api_name="reconstruct").success(
+        app.variations, inputs, variations, api_name="variations"
+    )
+    if picked is not None:
+        run_on_click(picked, app.reconstruct, inputs, outputs).success(
+            app.variations, inputs, variations, api_visibility="private"
+        )
     return model
 
 
@@ -257,8 +264,7 @@ def class_sampling_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
             expected_time(demo, app.estimate_sample, [model, controls[3], controls[5]])  # steps, n
         samples = gallery("Samples")
     sampling_defaults_follow_model(model, models, controls, "class")
-    if examples:
-        gr.Examples([[c] for c in examples], inputs=[name], label="Classes")
+    picked = gr.Examples([[c] for c in examples], inputs=[name], label="Classes") if examples else None
 
     def menu_for(label: str | None) -> gr.Dropdown:
         names = class_names(models, label)
@@ -271,6 +277,8 @@ def class_sampling_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
         api_visibility="private",
     )
     button.click(app.sample_class, [name, model, *controls], samples, api_name="sample_class")
+    if picked is not None:
+        run_on_click(picked, app.sample_class, [name, model, *controls], samples)
     return model
 
 
@@ -293,7 +301,7 @@ def text_prompts_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
             expected_time(demo, app.estimate_sample, [model, controls[3], controls[5]])  # steps, n
         samples = gallery("Samples")
     sampling_defaults_follow_model(model, models, controls, "text")
-    gr.Examples([[p] for p in PROMPT_EXAMPLES], inputs=[prompt], label="Prompts")
+    picked = gr.Examples([[p] for p in PROMPT_EXAMPLES], inputs=[prompt], label="Prompts")
     gr.on(
         [button.click, prompt.submit],
         app.sample_text,
@@ -301,6 +309,7 @@ def text_prompts_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
         samples,
         api_name="sample_text",
     )
+    run_on_click(picked, app.sample_text, [prompt, model, *controls], samples)
     return model
 
 
@@ -325,17 +334,15 @@ def interpolation_tab(app: Explorer, examples: list[str]) -> gr.Dropdown:
             weight = gr.Slider(0, 1, value=0.5, step=0.01, label="Weight (0 = A, 1 = B)")
             frame = gr.Image(label="Frame at the weight", format="png", height=256, elem_classes="pixel-out")
         gif = gr.File(label="Animated GIF")
-    # Below the outputs, as in the Reconstruct tab: a table of pairs above them pushed the strip off screen.
-    if len(examples) >= 2:
-        pairs = [[a, b] for a, b in zip(examples[0::2], examples[1::2], strict=False)][:8]
-        gr.Examples(pairs, inputs=[image_a, image_b], label="Example pairs")
     frames_state = gr.State([])
-    button.click(
-        app.interpolate,
-        [image_a, image_b, model, frames, mode, steps, seed, weight],
-        [strip, gif, frame, frames_state],
-        api_name="interpolate",
-    )
+    inputs = [image_a, image_b, model, frames, mode, steps, seed, weight]
+    outputs = [strip, gif, frame, frames_state]
+    # Below the outputs, as in the Reconstruct tab: a table of pairs above them pushed the strip off screen.
+    pairs = [[a, b] for a, b in zip(examples[0::2], examples[1::2], strict=False)][:8]
+    picked = gr.Examples(pairs, inputs=[image_a, image_b], label="Example pairs") if pairs else None
+    button.click(app.interpolate, inputs, outputs, api_name="interpolate")
+    if picked is not None:
+        run_on_click(picked, app.interpolate, inputs, outputs)
     weight.change(app.frame_at, [frames_state, weight], frame, api_visibility="private")
     return model
 
@@ -381,11 +388,8 @@ def backbones_tab(app: Explorer, examples: list[str]) -> None:
         "The default model's backbone across λ (∞: frozen token)", one_row(len(app.models.lambda_row()))
     )
     neighbours = gr.Markdown()
-    if examples:
-        gr.Examples(examples, inputs=[image], label="Examples")
-    button.click(
-        app.compare_backbones,
-        [image, steps, seed],
-        [by_backbone, by_lambda, neighbours],
-        api_name="compare_backbones",
-    )
+    inputs, outputs = [image, steps, seed], [by_backbone, by_lambda, neighbours]
+    picked = gr.Examples(examples, inputs=[image], label="Examples") if examples else None
+    button.click(app.compare_backbones, inputs, outputs, api_name="compare_backbones")
+    if picked is not None:
+        run_on_click(picked, app.compare_backbones, inputs, outputs)

@@ -84,6 +84,28 @@ def test_interpolation_outputs_come_before_its_example_pairs(model_dir: Path, tm
     assert order.index(("Gallery", "A → B")) < order.index(("Dataset", "Example pairs"))
 
 
+def test_clicking_an_example_runs_its_tab(model_dir: Path, tmp_path: Path) -> None:
+    """Every tab's examples run the tab's action once they have filled its inputs (a private event:
+    the button keeps the API name); the browser test clicks one in the Reconstruct tab."""
+    demo = build_demo(ModelRegistry([model_dir]), manifold_path=tmp_path / "none.npz")
+    examples = {b._id: b.label for b in demo.blocks.values() if type(b).__name__ == "Dataset"}
+    events = {f._id: f for f in demo.fns.values()}
+    runs = sorted(
+        (examples[events[f.trigger_after].targets[0][0]], f.fn.__name__, f.api_visibility)
+        for f in events.values()
+        if f.trigger_after is not None and events[f.trigger_after].targets[0][0] in examples
+    )
+    assert runs == [
+        ("Classes", "sample_class", "private"),
+        ("Example pairs", "interpolate", "private"),
+        ("Examples", "compare_backbones", "private"),
+        ("Examples", "reconstruct", "private"),
+        ("Prompts", "sample_text", "private"),
+    ]  # the Latent manifold tab's examples place the image through its own change event
+    api = {f.api_name for f in events.values() if f.api_visibility == "public"}
+    assert {"reconstruct", "sample_class", "sample_text", "interpolate", "compare_backbones"} <= api
+
+
 def test_class_tab_opens_on_an_example_class_the_model_has(model_dir: Path, tmp_path: Path) -> None:
     """With "Smileys & Emotion" second among its classes, the tab opens on it (the first of
     CLASS_EXAMPLES the model has) and lists it as an example; a model with none opens on its first."""

@@ -285,3 +285,12 @@ def test_reconstruct_answers_on_a_fresh_page(app_url: str) -> None:
         assert tile is not None and box is not None
         assert box["height"] < tile["height"] + 100, (box, tile)
         page.screenshot(path=str(SCREENSHOTS / "reconstruct_fresh_page.png"), full_page=True)
+
+
+def test_clicking_an_example_reconstructs_it(app_url: str) -> None:
+    """A click on one of the Reconstruct tab's examples shows its reconstruction, no button needed."""
+    with _app_page(app_url) as page:
+        tab = page.locator("#tab-reconstruct")
+        tab.locator("table tbody tr, .gallery-item").first.click()
+        page.locator("#reconstruction img").wait_for(state="visible", timeout=60_000)
+        tab.get_by_text("PSNR").first.wait_for(timeout=60_000)
