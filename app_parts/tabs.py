@@ -73,11 +73,13 @@ def gallery(label: str, columns: int = 4, height: int | str = "auto") -> gr.Gall
     )
 
 
-def run_on_click(picked: gr.Examples, fn: Callable[..., Any], inputs: list[Any], outputs: Any) -> Any:
+def run_on_click(picked: gr.Examples | None, fn: Callable[..., Any], inputs: list[Any], outputs: Any) -> Any:
     """Once an example has filled the tab's inputs, run the tab's action on them, as a Space's examples
     do (without this a click only fills the inputs). Not gr.Examples(run_on_click=True): that passes the
     example's own columns alone, not the tab's settings. Private: the tab's button is the API endpoint,
     and is wired first, so that it keeps its api_name (Gradio names later events after the function)."""
+    if picked is None:  # a tab without examples
+        return None
     return picked.load_input_event.then(fn, inputs, outputs, api_visibility="private")
 
 
@@ -242,10 +244,8 @@ def reconstruct_tab(demo: gr.Blocks, app: Explorer, examples: list[str]) -> gr.D
     gr.on([button.click, image.upload], app.reconstruct, inputs, outputs, api_name="reconstruct").success(
         app.variations, inputs, variations, api_name="variations"
     )
-    if picked is not None:
-        run_on_click(picked, app.reconstruct, inputs, outputs).success(
-            app.variations, inputs, variations, api_visibility="private"
-        )
+    if (on_click := run_on_click(picked, app.reconstruct, inputs, outputs)) is not None:
+        on_click.success(app.variations, inputs, variations, api_visibility="private")
     return model
 
 
@@ -277,8 +277,7 @@ def class_sampling_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
         api_visibility="private",
     )
     button.click(app.sample_class, [name, model, *controls], samples, api_name="sample_class")
-    if picked is not None:
-        run_on_click(picked, app.sample_class, [name, model, *controls], samples)
+    run_on_click(picked, app.sample_class, [name, model, *controls], samples)
     return model
 
 
@@ -341,8 +340,7 @@ def interpolation_tab(app: Explorer, examples: list[str]) -> gr.Dropdown:
     pairs = [[a, b] for a, b in zip(examples[0::2], examples[1::2], strict=False)][:8]
     picked = gr.Examples(pairs, inputs=[image_a, image_b], label="Example pairs") if pairs else None
     button.click(app.interpolate, inputs, outputs, api_name="interpolate")
-    if picked is not None:
-        run_on_click(picked, app.interpolate, inputs, outputs)
+    run_on_click(picked, app.interpolate, inputs, outputs)
     weight.change(app.frame_at, [frames_state, weight], frame, api_visibility="private")
     return model
 
@@ -391,5 +389,4 @@ def backbones_tab(app: Explorer, examples: list[str]) -> None:
     inputs, outputs = [image, steps, seed], [by_backbone, by_lambda, neighbours]
     picked = gr.Examples(examples, inputs=[image], label="Examples") if examples else None
     button.click(app.compare_backbones, inputs, outputs, api_name="compare_backbones")
-    if picked is not None:
-        run_on_click(picked, app.compare_backbones, inputs, outputs)
+    run_on_click(picked, app.compare_backbones, inputs, outputs)
