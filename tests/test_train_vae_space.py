@@ -5,6 +5,7 @@ for the next run (bitwise what a run without it computes).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -61,6 +62,58 @@ def test_vae_trains_a_latent_space_that_stage_a_runs_in(data_dir: Path, tmp_path
     model = RepTok.from_pretrained(out)
     assert model.config.image_space.scale == pytest.approx(info["scaling_factor"])
     assert model.reconstruct(torch.zeros(1, 3, 32, 32), steps=1, output_type="pt").shape == (1, 3, 32, 32)
+
+
+def test_stage_a_takes_its_image_space_from_init_backbone_or_preset(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no --space / --vae / --lam: an --init model continues in its own space, VAE and λ; a
+    preset sized for a latent (cpu-xs, cpu-main, gpu-b) runs in the VAE of a saved model given as
+    --backbone, and says what it needs where nothing names a VAE (it used to fall back to pixels:
+    16× the patches)."""
+    assert {name: p.space for name, p in train_tokenizer.PRESETS.items()} == {
+        "test": "pixel", "cpu-s": "pixel", "cpu-xs": "vae", "cpu-main": "vae", "gpu-b": "vae"
+    }  # fmt: skip
+    vae_dir = train_vae.main(["--preset", "test", "--data", str(data_dir), "--out", str(tmp_path / "vae")])
+    saved = train_tokenizer.main(
+        stage_a_args(
+            data_dir,
+            tmp_path / "saved",
+            "--space",
+            "vae",
+            "--vae",
+            str(vae_dir),
+            "--lam",
+            "0.25",
+            "--steps",
+            "1",
+        )
+    )
+    assert stage_a_setup.saved_model_vae(saved) == str(saved / "vae")
+    vae_weights = load_file(saved / "vae" / "diffusion_pytorch_model.safetensors")
+
+    def run(name: str, *extra: str) -> RepTok:
+        return RepTok.from_pretrained(
+            train_tokenizer.main(stage_a_args(data_dir, tmp_path / name, *extra, "--steps", "1"))
+        )
+
+    continued = run("init", "--init", str(saved))  # the test preset is pixel: --init's space wins
+    fresh = run("backbone", "--backbone", str(saved), "--space", "vae")
+    assert continued.config.encoder.cosine_weight == 0.25  # and its λ
+    assert fresh.config.encoder.cosine_weight == train_tokenizer.PRESETS["test"].lam
+    for model in (continued, fresh):
+        assert model.config.image_space.kind == "vae" and model.config.decoder.in_channels == 4
+        stored = load_file(Path(model.source) / "vae" / "diffusion_pytorch_model.safetensors")
+        assert_same_state(stored, vae_weights)
+    assert run("pixel", "--backbone", str(saved)).config.image_space.kind == "pixel"  # the preset's
+
+    monkeypatch.setitem(
+        train_tokenizer.PRESETS, "test", dataclasses.replace(train_tokenizer.PRESETS["test"], space="vae")
+    )
+    assert run("preset", "--backbone", str(saved)).config.image_space.kind == "vae"
+    assert run("override", "--backbone", str(saved), "--space", "pixel").config.image_space.kind == "pixel"
+    with pytest.raises(ValueError, match="pass --vae"):
+        run("nothing")  # a timm backbone, no VAE anywhere
 
 
 def test_vae_decoder_finetune_keeps_the_latent_space(data_dir: Path, tmp_path: Path) -> None:

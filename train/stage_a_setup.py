@@ -162,6 +162,40 @@ def frozen_tokens(encoder: Encoder) -> Callable[[Tensor], Tensor]:
     return encode
 
 
+def saved_model_vae(folder: Path) -> str | None:
+    """The VAE a saved RepTok model's flow runs in, as --vae takes it: its folder (resolved against
+    the model folder, e.g. "vae" or "../reptok-emoji/vae") or its hub name; None in pixel space."""
+    space = json.loads((folder / "config.json").read_text()).get("image_space") or {}
+    if space.get("kind") != "vae" or space.get("vae") is None:
+        return None
+    local = folder / space["vae"]
+    return str(local) if local.is_dir() else str(space["vae"])
+
+
+def resolve_image_space(
+    space: str | None, vae: str | None, *, preset_space: str, init: Path | None, backbone: str | None
+) -> tuple[str, str | None]:
+    """Where stage A's flow runs (pixel | vae) and in which VAE, where the flags leave it open.
+
+    --space defaults to the --init model's space, else to the preset's (the CPU presets' decoders
+    are sized for the in-house VAE's 16×16 latent: on 64 px pixels they would see 16× the patches).
+    --vae defaults to the VAE of the --init model, else of a saved model given as --backbone: a
+    shipped model brings its own, so `--backbone assets/models/reptok-emoji` alone runs as it did.
+    """
+    saved = [Path(p) for p in (init, backbone) if p is not None and is_reptok_model(Path(p))]
+    if space is None:
+        space = ("vae" if saved_model_vae(init) else "pixel") if init is not None else preset_space
+    if space == "vae" and vae is None:
+        vae = next((v for v in map(saved_model_vae, saved) if v is not None), None)
+        if vae is None:
+            raise ValueError(
+                "the flow runs in a VAE latent (--space vae, or the preset's space): pass --vae (a hub "
+                "name, a saved AutoencoderKL folder such as assets/models/reptok-emoji/vae, or a .json "
+                "config), a saved model with a VAE as --backbone, or --space pixel"
+            )
+    return space, vae
+
+
 def build_image_space(space: str, vae: str | None) -> tuple[ImageSpace, ImageSpaceConfig, int, int]:
     """ImageSpace, its config, latent channels and the pixel/latent downsampling factor."""
     if space == "pixel":

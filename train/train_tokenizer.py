@@ -1,7 +1,7 @@
 """Stage A: train the tokenizer, i.e. the encoder's input [cls] embedding and the flow decoder, jointly.
 
     python train/train_tokenizer.py --preset cpu-s --data data/emoji64.npz --out runs/tok-cpu-s
-    python train/train_tokenizer.py --preset gpu-b --backbone runs/backbones/dino --lam 0.5 --out runs/tok
+    python train/train_tokenizer.py --preset gpu-b --backbone runs/backbones/dino --vae runs/vae --lam 0.5 --out runs/tok
     accelerate launch train/train_tokenizer.py --preset gpu-b ...          (data-parallel, unchanged)
 
 Loss: flow_loss(decoder velocity given z) + λ·(1 − cos(z, z_frozen)), the encoder's cosine anchor.
@@ -11,13 +11,16 @@ Loss: flow_loss(decoder velocity given z) + λ·(1 − cos(z, z_frozen)), the en
 reachable; its shape comes from --encoder), an in-house backbone folder from
 train/pretrain_backbone.py (backbone.safetensors + config.json), or a saved RepTok model folder
 (assets/models/reptok-emoji: its SSL backbone with the original [cls] embedding). --space vae runs
-the flow in the latent space of a diffusers AutoencoderKL: --vae is a hub name, a saved folder, or
-a .json config (random weights: tests).
+the flow in the latent space of a diffusers AutoencoderKL, as the cpu-xs, cpu-main and gpu-b
+presets do by default: --vae is a hub name, a saved folder, or a .json config (random weights:
+tests); a saved RepTok model given as --backbone or --init brings its own VAE.
+
+    python train/train_tokenizer.py --preset cpu-main --data my_images/ --backbone assets/models/reptok-emoji --out runs/my-tok
 
 --init MODEL starts from a saved RepTok model instead of a fresh decoder: its adapted [cls] embedding
-and its decoder (whose config it takes), on its own backbone (the default --backbone then) and, with
---space vae, its VAE (--vae MODEL/vae). It continues a shipped model with more steps, or adapts it
-to your own images; the optimizer starts afresh (a new warmup), and the EMA starts at its weights.
+and its decoder (whose config it takes), on its own backbone (the default --backbone then), in its
+image space and VAE. It continues a shipped model with more steps, or adapts it to your own images;
+the optimizer starts afresh (a new warmup), and the EMA starts at its weights.
 
 Writes OUT/checkpoint.pt (resume with --resume), OUT/log.jsonl, OUT/run_config.json and, at the
 end, the EMA weights as a RepTok model folder OUT/model (load with RepTok.from_pretrained).
@@ -30,7 +33,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -53,6 +56,7 @@ from train.stage_a_setup import (
     encode_dataset,
     frozen_tokens,
     is_reptok_model,
+    resolve_image_space,
     stage_a_steps,
     start_from,
 )
@@ -72,6 +76,7 @@ class TokenizerPreset:
     cls_lr_scale: float = 1.0
     image_size: int = 64  # side of the training images = what the decoder produces
     time_schedule: TimeSampling = "logit_normal"  # more steps mid-path, where velocity is hardest
+    space: Literal["pixel", "vae"] = "pixel"  # where the flow runs unless --space (or --init) says
 
 
 PRESETS: dict[str, TokenizerPreset] = {
@@ -116,6 +121,7 @@ PRESETS: dict[str, TokenizerPreset] = {
             ema_decay=0.998,
         ),
         cls_lr_scale=10.0,
+        space="vae",
     ),
     # 2 CPU cores, the default model: the cpu-xs run, longer, its decoder with a token map (at 400
     # steps it took identification from 43 to 84 %), the last 1,200 steps cooling down. The shipped
@@ -134,7 +140,9 @@ PRESETS: dict[str, TokenizerPreset] = {
             ckpt_every=500,
             ema_decay=0.999,
         ),
+        lam=0.1,
         cls_lr_scale=10.0,
+        space="vae",
     ),
     # One H100, bf16, the runs of train/reproduce.sh side by side (estimated, not yet run). The same
     # latent decoder: ten of them ship, so the GPU's budget goes into steps, not width.
@@ -151,6 +159,7 @@ PRESETS: dict[str, TokenizerPreset] = {
             ema_decay=0.9995,
             num_workers=0,
         ),
+        space="vae",
     ),
 }
 
@@ -218,8 +227,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "map starts closed, so the continued decoder starts as the saved one)",
     )  # fmt: skip
     parser.add_argument(
-        "--lam", type=float, default=preset.lam, help=f"cosine weight λ; inf = frozen token ({preset.lam})"
-    )
+        "--lam", type=float, default=None,
+        help=f"cosine weight λ; inf = frozen token (default: the --init model's, else the preset's: {preset.lam})",
+    )  # fmt: skip
     parser.add_argument(
         "--cls-lr-scale", type=float, default=preset.cls_lr_scale,
         help=f"[cls] embedding learning rate / --lr ({preset.cls_lr_scale})",
@@ -228,15 +238,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--init", type=Path, default=None,
         help="a saved RepTok model folder: start from its adapted [cls] embedding and decoder",
     )  # fmt: skip
-    parser.add_argument("--space", choices=["pixel", "vae"], default="pixel", help="where the flow runs")
+    parser.add_argument(
+        "--space", choices=["pixel", "vae"], default=None,
+        help=f"where the flow runs (default: the --init model's, else the preset's: {preset.space})",
+    )  # fmt: skip
     parser.add_argument(
         "--cache-dir", type=Path, default=None,
         help="keep the VAE latents and cosine anchors of the training images here for the next run on "
         "the same VAE / backbone and data (default: compute them each run)",
     )  # fmt: skip
     parser.add_argument(
-        "--vae", default=None, help="--space vae: AutoencoderKL hub name, folder or .json config"
-    )
+        "--vae", default=None,
+        help="--space vae: AutoencoderKL hub name, folder or .json config (default: the VAE of the "
+        "--init model, else of a saved model given as --backbone)",
+    )  # fmt: skip
     parser.add_argument(
         "--image-size", type=int, default=preset.image_size, help=f"training image side ({preset.image_size})"
     )
@@ -250,12 +265,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     preset = PRESETS[args.preset]
     cfg = train_config_from_args(args)
-    if not (args.lam >= 0):
-        raise ValueError(f"--lam must be >= 0 (or inf), got {args.lam}")
     dataset = build_dataset(args.data, split="train", image_size=args.image_size)  # fails fast on bad --data
 
     seed_everything(cfg.seed)  # random backbones, decoder init and random VAEs follow the seed
     init = RepTok.from_pretrained(args.init) if args.init is not None else None
+    if args.lam is None:
+        args.lam = init.config.encoder.cosine_weight if init is not None else preset.lam
+    if not (args.lam >= 0):
+        raise ValueError(f"--lam must be >= 0 (or inf), got {args.lam}")
     if init is not None and not is_reptok_model(Path(args.backbone or args.init)):
         raise ValueError(f"--init {args.init} needs its own saved model as --backbone (the default)")
     backbone = args.backbone or (
@@ -264,7 +281,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     encoder, backbone_source, backbone_about = build_encoder(
         backbone, args.encoder, args.lam, args.pretrained
     )
-    image_space, space_config, channels, factor = build_image_space(args.space, args.vae)
+    space, vae = resolve_image_space(
+        args.space, args.vae, preset_space=preset.space, init=args.init, backbone=args.backbone
+    )
+    image_space, space_config, channels, factor = build_image_space(space, vae)
     if args.image_size % factor:
         raise ValueError(f"--image-size {args.image_size} is not divisible by the VAE's factor {factor}")
     base = DECODER_PRESETS[args.decoder] if args.decoder else preset.decoder
