@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,13 @@ from reptok.labels import resolve_class
 from reptok.model_config import FORMAT_VERSION, RepTokConfig, SamplingConfig
 from reptok.sampling import ProgressFn, Sampler, guided, integrate, seeded_noise
 from reptok.text import FrozenTextEncoder
+
+# Models are built one at a time in a process. diffusers builds a model with torch.nn.init switched
+# off and under accelerate's init_empty_weights, which patches nn.Module.register_parameter: for the
+# whole process, not the thread. A module built in another thread meanwhile gets meta weights
+# ("Cannot copy out of meta tensor"), and diffusers' lazy imports race too. Two app requests that
+# each load a model hit both (tests/test_concurrent_loading.py).
+_BUILD_LOCK = threading.RLock()
 
 # RepTokConfig and SamplingConfig have always been imported from here; they stay importable.
 __all__ = ["FORMAT_VERSION", "ImageInput", "OutputType", "RepTok", "RepTokConfig", "SamplingConfig"]
@@ -68,6 +76,11 @@ class RepTok:
     @classmethod
     def from_config(cls, config: RepTokConfig, *, root: Path | None = None) -> RepTok:
         """Build every component from its config (random weights, or timm/hub weights where asked)."""
+        with _BUILD_LOCK:
+            return cls._build(config, root)
+
+    @classmethod
+    def _build(cls, config: RepTokConfig, root: Path | None) -> RepTok:
         encoder = Encoder(config.encoder)
         if config.decoder.token_dim != encoder.dim:
             raise ValueError(
@@ -146,10 +159,11 @@ class RepTok:
         storage.check_vae_folder(root, config)  # before the VAE is built from it
         # The backbone's own weights come from our file, never from the hub.
         config.encoder = config.encoder.replace(pretrained=False)
-        model = cls.from_config(config, root=root)
-        storage.load_weights(model, root)
-        model.source = root
-        return model.to(device, dtype)
+        with _BUILD_LOCK:
+            model = cls.from_config(config, root=root)
+            storage.load_weights(model, root)
+            model.source = root
+            return model.to(device, dtype)
 
     def push_to_hub(
         self,
@@ -187,7 +201,9 @@ class RepTok:
         if self._text_encoder is None:
             if self.config.text_encoder is None:
                 raise ValueError("this model has no text encoder configured")
-            self._text_encoder = FrozenTextEncoder(self.config.text_encoder).to(self.device).eval()
+            with _BUILD_LOCK:
+                if self._text_encoder is None:  # another thread may have built it meanwhile
+                    self._text_encoder = FrozenTextEncoder(self.config.text_encoder).to(self.device).eval()
         return self._text_encoder
 
     # ----------------------------------------------------------------------- image conversion
