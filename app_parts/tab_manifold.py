@@ -3,7 +3,8 @@ behind a point.
 
 One Plotly figure of small multiples (a panel per λ, in the manifold file's order), each category
 the same colour in every panel. An uploaded image is encoded by the model of each λ and placed in
-each panel, with its nearest neighbours per λ.
+each panel, with its nearest neighbours per λ. The tab opens on an example image, and on its emoji
+where the map holds it.
 
 Clicking a point: gr.Plot (Gradio 6.31) has only a `change` event, it reports no clicks. So a few
 lines of JavaScript (CLICK_JS, run on page load) listen to Plotly's own `plotly_click` on the
@@ -32,7 +33,7 @@ from PIL import Image
 
 from app_parts import outputs
 from app_parts.handlers import Explorer, friendly_errors, open_upload
-from app_parts.tabs import gallery, image_input
+from app_parts.tabs import gallery, image_input, opening_images
 from reptok.manifold import Manifold, nearest, place
 
 if TYPE_CHECKING:
@@ -207,6 +208,12 @@ class ManifoldView:
         m = self.app.manifold()
         return sorted(set(m.names)) if m is not None else []
 
+    def example_name(self, example: str | None) -> str | None:
+        """The emoji an example file shows, if the map holds it: assets/examples are named
+        <style>-<name with underscores>.png ("google-grinning_face.png" -> "grinning face")."""
+        name = Path(example).stem.partition("-")[2].replace("_", " ") if example else ""
+        return name if name in self.names() else None
+
     def _model_for(self, lam: str) -> tuple[str | None, str]:
         """The label of λ's model (None: the default's) and a note when it is the default's: the model
         whose tokens the map holds at λ where it is here, else the first model with that λ."""
@@ -314,20 +321,28 @@ class ManifoldView:
 
 
 def manifold_tab(demo: gr.Blocks, app: Explorer, examples: list[str]) -> None:
+    # The tab opens on an example, placed in every panel, and on that emoji's originals and decodings
+    # (where the map holds it), as the other image tabs open on one: not on an empty gallery.
     view = ManifoldView(app)
+    opening = opening_images(examples, 1)[0]
     with gr.Row():
-        man_image = image_input("Place an image in every panel (optional)")
+        man_image = image_input("Place an image in every panel (optional)", opening)
         with gr.Column():
             names = view.names()
-            pick = gr.Dropdown(names, value=None, label="Show an emoji (or click a point)", filterable=True)
+            pick = gr.Dropdown(
+                names,
+                value=view.example_name(opening),
+                label="Show an emoji (or click a point)",
+                filterable=True,
+            )
             clicked = gr.Textbox(visible="hidden", elem_id="manifold-click")  # filled by CLICK_JS
             emoji_note = gr.Markdown()
-    emoji = gallery("The emoji: originals, and its token decoded at each λ", columns=8, height=220)
+    emoji = gallery("The emoji: originals, and its token decoded at each λ", columns=8)
     if examples:
         gr.Examples(examples, inputs=[man_image], label="Examples")
     plot = gr.Plot(label="Held-out tokens in 2-D (UMAP, cosine), one panel per λ", elem_id="manifold-plot")
     man_note = gr.Markdown()
     gr.on([demo.load, man_image.change], view.plot, [man_image], [plot, man_note], api_name="manifold")
     demo.load(None, js=CLICK_JS)
-    pick.input(view.show_name, pick, [emoji, emoji_note], api_name="manifold_emoji")
+    gr.on([demo.load, pick.input], view.show_name, pick, [emoji, emoji_note], api_name="manifold_emoji")
     clicked.change(view.show_point, clicked, [emoji, emoji_note, pick], api_visibility="private")

@@ -102,7 +102,12 @@ def test_fit_2d_umap() -> None:
 
 
 def _manifold(
-    path: Path, lams: list[str], dim: int, n: int = 12, owners: dict[str, str] | None = None
+    path: Path,
+    lams: list[str],
+    dim: int,
+    n: int = 12,
+    owners: dict[str, str] | None = None,
+    names: list[str] | None = None,
 ) -> Path:
     rng = np.random.default_rng(len(lams))
     tokens = rng.normal(size=(n, dim)).astype(np.float32)
@@ -110,7 +115,8 @@ def _manifold(
         lam: {"xy": rng.normal(size=(n, 2)).astype(np.float32), "tokens": tokens + 0.1 * i}
         for i, lam in enumerate(lams)
     }
-    names, cats = [f"emoji {i}" for i in range(n)], [CLASS_NAMES[i % 3] for i in range(n)]
+    names = names or [f"emoji {i}" for i in range(n)]
+    cats = [CLASS_NAMES[i % 3] for i in range(n)]
     return save_manifold(path, names=names, categories=cats, settings=settings, setting_models=owners)
 
 
@@ -217,3 +223,35 @@ def test_manifold_click_is_wired(model_dir: Path, manifold_path: Path) -> None:
     box = next(c for c in config["components"] if c.get("props", {}).get("elem_id") == "manifold-click")
     assert box["props"]["visible"] == "hidden"
     assert any("plotly_click" in (d.get("js") or "") for d in config["dependencies"])
+
+
+@pytest.mark.parametrize("on_map", [True, False])
+def test_manifold_tab_opens_on_an_example_and_its_emoji(
+    model_dir: Path, tmp_path: Path, on_map: bool
+) -> None:
+    """The tab opens on the first opening example, placed in every panel at page load, and on that
+    emoji's originals and decodings where the map holds its name (the gallery used to open empty)."""
+    from app_parts.tabs import OPENING_EXAMPLES
+
+    dim = RepTok.from_pretrained(model_dir).token_dim
+    names = [f"emoji {i}" for i in range(12)]
+    if on_map:
+        names[5] = "grinning face"
+    assert OPENING_EXAMPLES[0] == "google-grinning_face.png"
+    demo = build_demo(
+        ModelRegistry([model_dir]), manifold_path=_manifold(tmp_path / "m.npz", ["1"], dim, names=names)
+    )
+    blocks = {b._id: b for b in demo.blocks.values()}
+    (image,) = [
+        b for b in blocks.values() if getattr(b, "label", "") == "Place an image in every panel (optional)"
+    ]
+    (pick,) = [b for b in blocks.values() if getattr(b, "label", "") == "Show an emoji (or click a point)"]
+    assert Path(image.value["path"]).name == OPENING_EXAMPLES[0]
+    assert pick.value == ("grinning face" if on_map else None)
+    on_load = {
+        f.fn.__name__: f
+        for f in demo.fns.values()
+        if f.fn is not None and "load" in [e for _, e in f.targets]
+    }
+    assert {"plot", "show_name"} <= on_load.keys()
+    assert on_load["show_name"].inputs == [pick]
