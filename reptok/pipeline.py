@@ -25,6 +25,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from reptok import hub, storage
+from reptok.conditioning import class_velocities, text_velocities
 from reptok.decoder import Decoder, ImageSpace
 from reptok.encoder import Encoder
 from reptok.generator import MixerGenerator, TextGenerator
@@ -236,7 +237,7 @@ class RepTok:
         """The dtype the weights are held in (`from_pretrained(dtype=...)`)."""
         return next(self.decoder.parameters()).dtype
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Weights held in bf16 (or fp16) compute under autocast, so the fp32 inputs (images, noise,
         the sampler's state) need no casts and results come back fp32. On 2 CPU cores bf16 weights
         make the official XL decoder 2.6x faster per step (bench/RESULTS.md)."""
@@ -247,7 +248,7 @@ class RepTok:
     @torch.inference_mode()
     def encode(self, images: ImageInput) -> Tensor:
         """Images -> tokens z (B, 1, D)."""
-        with self._autocast():
+        with self.autocast():
             return self.encoder(self.preprocess(images)).z.float()
 
     @torch.inference_mode()
@@ -258,7 +259,7 @@ class RepTok:
     @torch.inference_mode()
     def encode_with_cosine(self, images: ImageInput) -> tuple[Tensor, Tensor]:
         """`encode` and `cosine_to_frozen` from one preprocessing and one batched ViT pass."""
-        with self._autocast():
+        with self.autocast():
             out = self.encoder(self.preprocess(images), return_frozen=True)
         z, z_frozen = out.z.float(), out.z_frozen.float()  # (B, 1, D) each
         return z, torch.nn.functional.cosine_similarity(z, z_frozen, dim=-1)[:, 0]  # (B, 1, D), (B,)
@@ -286,7 +287,7 @@ class RepTok:
         if noise is None:
             noise = seeded_noise((z.shape[0], c, n, n), seed, device=self.device)
         tau = s.decode_temperature if temperature is None else temperature
-        with self._autocast():
+        with self.autocast():
             x = integrate(
                 lambda x_t, t: self.decoder(x_t, t, z).float(),
                 noise.to(self.device, torch.float32) * tau,
@@ -350,33 +351,17 @@ class RepTok:
                 raise ValueError("this model has no class generator")
             draw = torch.Generator().manual_seed(seed)  # which member class a group label becomes
             y = torch.tensor([self.class_id(label, generator=draw) for label in labels], device=self.device)
-            null = torch.full_like(y, gen.null_class)
-            cond_fn, uncond_fn = (lambda x, t: gen(x, t, y)), (lambda x, t: gen(x, t, null))
-            both = torch.cat([y, null])  # (2B,)
-            joint_fn = lambda x, t: gen(x.repeat(2, 1, 1), t.repeat(2), both).chunk(2)  # noqa: E731
+            fns = class_velocities(gen, y)
         else:
             gen = self.text_generator
             if gen is None:
                 raise ValueError("this model has no text generator")
-            # Each distinct prompt is encoded once (the app asks for 16 samples of one prompt).
-            unique = list(dict.fromkeys(str(p) for p in prompts))
-            text, mask = self.text_encoder(unique)  # (U, L, Dt), (U, L)
-            where = torch.tensor([unique.index(str(p)) for p in prompts], device=text.device)
-            text, mask = text[where], mask[where]  # (B, L, Dt), (B, L)
-            drop = torch.ones(len(prompts), dtype=torch.bool, device=self.device)
-            cond_fn = lambda x, t: gen(x, t, text, mask)  # noqa: E731
-            uncond_fn = lambda x, t: gen(x, t, text, mask, uncond=drop)  # noqa: E731
-            text2, mask2 = text.repeat(2, 1, 1), mask.repeat(2, 1)  # (2B, L, Dt), (2B, L)
-            drop2 = torch.cat([~drop, drop])  # first half conditional, second half null text
-
-            def joint_fn(x: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
-                return gen(x.repeat(2, 1, 1), t.repeat(2), text2, mask2, uncond=drop2).chunk(2)
-
+            fns = text_velocities(gen, self.text_encoder, prompts)
         b = len(labels if labels is not None else prompts)
         temp = s.generate_temperature if temperature is None else float(temperature)
         noise = seeded_noise((b, 1, self.token_dim), seed, device=self.device) * temp  # (B, 1, D)
-        velocity = guided(cond_fn, uncond_fn, cfg_scale=scale, interval=interval, joint_fn=joint_fn)
-        with self._autocast():
+        velocity = guided(fns.cond, fns.uncond, cfg_scale=scale, interval=interval, joint_fn=fns.joint)
+        with self.autocast():
             z = integrate(
                 lambda x, t: velocity(x, t).float(),
                 noise,
