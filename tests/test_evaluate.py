@@ -113,6 +113,12 @@ def test_decode_sweep_rows_match_evaluate_at_the_same_setting(
     assert rows[2]["psnr"] == pytest.approx(ref["psnr"], abs=1e-4)
     assert rows[2]["identification"] == ref["identification"]
     assert rows[2]["psnr"] != rows[3]["psnr"]  # the temperature reaches the sampler
+    # Refined tokens (reptok.inversion): a row per refinement setting, the encoder's row unchanged.
+    refined = decode_sweep.main(["--model", str(model), "--data", str(data), "--n", "6", "--steps", "2",
+                                 "--refine-steps", "0", "3"])  # fmt: skip
+    assert [r["refine_steps"] for r in refined] == [0, 3] and "refine_s" in refined[1]
+    assert refined[0]["psnr"] == pytest.approx(rows[2]["psnr"], abs=1e-6)
+    assert refined[1]["psnr"] != refined[0]["psnr"] and refined[1]["cos_to_encoder"] < 1.0
 
 
 def test_guidance_sweep_rows_match_evaluate_at_the_model_scale(

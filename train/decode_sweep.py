@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
+from reptok.inversion import RefineConfig, refine
 from reptok.metrics import identification, psnr, ssim
 from reptok.pipeline import RepTok
 from reptok.sampling import seeded_noise
@@ -43,12 +44,23 @@ def sweep(
     seed: int = 0,
     batch_size: int = 64,
     rfd: Any = None,
+    refine_steps: Sequence[int] = (0,),
 ) -> list[dict[str, Any]]:
-    """One row of metrics per setting ({steps, sampler, shift, temperature}) for `real` (N, 3, S, S)."""
-    z = encode_all(model, real)[:, None]  # (N, 1, D)
+    """One row of metrics per setting ({steps, sampler, shift, temperature}) for `real` (N, 3, S, S),
+    for each number of token refinement steps (reptok.inversion; 0: the encoder's tokens)."""
+    encoded = encode_all(model, real)[:, None]  # (N, 1, D)
     c, n = model.config.decoder.in_channels, model.config.decoder.input_size
     rows = []
-    for s in settings:
+    tokens: dict[int, tuple[torch.Tensor, float]] = {}  # refinement steps -> tokens, seconds
+    for refine_n, s in itertools.product(refine_steps, settings):
+        if refine_n not in tokens:
+            start = time.perf_counter()
+            z = encoded if refine_n == 0 else torch.cat([
+                refine(model, real[b.start : b.stop], encoded[b.start : b.stop], RefineConfig(steps=refine_n, seed=seed + b.start))
+                for b in _chunks(len(real), batch_size)
+            ])  # fmt: skip  # (N, 1, D)
+            tokens[refine_n] = (z, time.perf_counter() - start)
+        z, refine_s = tokens[refine_n]
         start = time.perf_counter()
         recon = torch.cat([
             model.decode(
@@ -57,8 +69,11 @@ def sweep(
             ).cpu()
             for b in _chunks(len(z), batch_size)
         ])  # fmt: skip  # (N, 3, S, S)
-        row = dict(s)
+        row = {"refine_steps": refine_n, **s}
         row["decode_s"] = round(time.perf_counter() - start, 2)
+        if refine_n:
+            row["refine_s"] = round(refine_s, 2)
+            row["cos_to_encoder"] = float(torch.nn.functional.cosine_similarity(z, encoded, dim=-1).mean())
         row["psnr"] = float(psnr(recon, real).mean())
         row["ssim"] = float(ssim(recon, real).mean())
         row["identification"] = float(identification(recon, real).float().mean())
@@ -93,6 +108,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sampler", nargs="+", default=["euler"], choices=["euler", "heun"])
     p.add_argument("--shift", type=float, nargs="+", default=[1.0])
     p.add_argument("--temperature", type=float, nargs="+", default=[1.0])
+    p.add_argument(
+        "--refine-steps", type=int, nargs="+", default=[0],
+        help="token refinement steps on each image (reptok.inversion; 0: the encoder's token)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", default=None, help="write the rows as JSON here")
@@ -109,7 +128,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         for st, sa, sh, te in itertools.product(args.steps, args.sampler, args.shift, args.temperature)
     ]
     rfd = feature_space(args.features) if args.features else None
-    rows = sweep(model, real, settings, seed=args.seed, batch_size=args.batch_size, rfd=rfd)
+    rows = sweep(
+        model,
+        real,
+        settings,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        rfd=rfd,
+        refine_steps=args.refine_steps,
+    )
     print(markdown(rows, len(real)))
     if args.out:
         Path(args.out).write_text(
