@@ -15,8 +15,10 @@ import torch
 from PIL import Image
 
 from app_parts import imaging, outputs
+from app_parts.estimates import MAX_IMAGES, Estimates, refine_value, steps_value
 from app_parts.registry import NO_MODEL_MESSAGE, ModelRegistry
 from reptok.images import ImageLoadError, load_image
+from reptok.inversion import RefineConfig, refine
 from reptok.manifold import Manifold, load_manifold, nearest
 from reptok.pipeline import RepTok
 from reptok.sampling import seeded_noise
@@ -26,7 +28,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 MAX_PROMPT_CHARS = 1000  # the text encoder keeps ~32 tokens anyway; this only bounds the work
-MAX_IMAGES = 16
 MAX_TEMPERATURE = 1.5  # decoder τ and generator T: past 1 the noise is wider than the flows were trained on
 Gallery = outputs.Gallery  # (path of a PNG, caption): handlers return files they wrote (see outputs.py)
 
@@ -67,10 +68,6 @@ def open_upload(path: str | None, min_size: Callable[[], int | None], what: str 
     return load_image(path, min_size=min_size())  # the one place user files are opened
 
 
-def _steps(value: object) -> int:
-    return imaging.clamp_int(value, "steps", 1, 100)
-
-
 def _temperature(value: object, name: str = "τ") -> float | None:
     """τ or T from a slider; None (an API call without it) keeps the model's own default."""
     return None if value is None else imaging.clamp_float(value, name, 0.0, MAX_TEMPERATURE)
@@ -81,6 +78,7 @@ class Explorer:
 
     def __init__(self, models: ModelRegistry, manifold_path: Path) -> None:
         self.models = models
+        self.estimates = Estimates(models)  # the seconds under each button
         self.manifold_path = manifold_path
         self._manifold: Manifold | None = None
         self._lock = threading.Lock()
@@ -100,44 +98,24 @@ class Explorer:
                 self._manifold = load_manifold(self.manifold_path)
             return self._manifold
 
-    # ------------------------------------------------------------------------- expected time
-
-    def estimate_reconstruct(self, model_label: str | None, steps: float) -> str:
-        """ "≈ 0.1 s on this machine" for the Reconstruct button: encode and decode, then the
-        4 variations, from the model's measured speed (ModelRegistry.speed: once per model)."""
-
-        def text() -> str:
-            speed, n = self.models.speed(model_label), _steps(steps)
-            first = speed.encode_s + speed.decode_s(n)
-            rest = speed.encode_s + speed.decode_s(n, images=4)
-            return f"≈ {_seconds(first)} on this machine, then ≈ {_seconds(rest)} for the 4 variations"
-
-        return self._estimate(text)
-
-    def estimate_sample(self, model_label: str | None, steps: float, count: float) -> str:
-        """The same for a Sample button: `count` images decoded at `steps` steps (the token
-        generator, one token per image, is not timed)."""
-
-        def text() -> str:
-            n = imaging.clamp_int(count, "number of images", 1, MAX_IMAGES)
-            total = self.models.speed(model_label).decode_s(_steps(steps), images=n)
-            return f"≈ {_seconds(total)} on this machine for {n} image{'s' if n > 1 else ''} (decoder)"
-
-        return self._estimate(text)
-
-    def _estimate(self, text: Callable[[], str]) -> str:
-        """An estimate is a hint: no model, a bad value or a model that fails to load gives none."""
-        if not len(self.models):
-            return ""
-        try:
-            return text()
-        except (gr.Error, ValueError):
-            return ""
-        except Exception:
-            log.exception("timing a model failed")
-            return ""
-
     # ----------------------------------------------------------------------------- reconstruct
+
+    def _token(
+        self,
+        model: RepTok,
+        picture: Image.Image,
+        refine_steps: float | None,
+        seed: int,
+        progress: gr.Progress | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The image's token (1, 1, D): the encoder's, or refined on the image for `refine_steps`
+        (reptok.inversion); with the encoder's token and its cos(z, z_frozen) (1,)."""
+        z, cos = model.encode_with_cosine(picture)  # (1, 1, D), (1,)
+        steps = refine_value(refine_steps)
+        if not steps:
+            return z, z, cos
+        config = RefineConfig(steps=steps, seed=seed)
+        return refine(model, picture, z, config, _progress_fn(progress, "refining the token")), z, cos
 
     @friendly_errors
     def reconstruct(
@@ -147,26 +125,35 @@ class Explorer:
         steps: float,
         seed: float,
         temperature: float | None = None,
+        refine_steps: float | None = 0,
         progress: gr.Progress = gr.Progress(track_tqdm=False),  # noqa: B008 (Gradio's idiom)
     ) -> tuple[str, str, str, str]:
         picture = open_upload(image, self.input_size(model_label))
         model = self.model(model_label)
         original = model.to_pil(model.preprocess(picture))[0]  # exactly what the encoder sees
-        z, cos = model.encode_with_cosine(picture)  # (1, 1, D), (1,)
-        n_steps, tau = _steps(steps), _temperature(temperature)
-        recon = model.decode(
-            z,
-            steps=n_steps,
-            seed=imaging.seed_value(seed),
-            temperature=tau,
-            progress=_progress_fn(progress, "decoding"),
-        )[0]
+        seed_ = imaging.seed_value(seed)
+        z, z_encoder, cos = self._token(model, picture, refine_steps, seed_, progress)
+        n_steps, tau = steps_value(steps), _temperature(temperature)
+
+        def render(token: torch.Tensor) -> Image.Image:
+            decoded = model.decode(
+                token, steps=n_steps, seed=seed_, temperature=tau, progress=_progress_fn(progress, "decoding")
+            )
+            return decoded[0]
+
+        recon = render(z)
         psnr, ssim = imaging.psnr_ssim(original, recon)
-        cosine = float(cos[0])
         used = model.config.sampling.decode_temperature if tau is None else tau
-        summary = (
-            f"**PSNR** {psnr:.2f} dB · **SSIM** {ssim:.3f} · **cos(z, z_frozen)** {cosine:.3f} · "
-            f"decoded in {n_steps} steps from noise scaled by τ = {used:g}\n\n"
+        summary = f"**PSNR** {psnr:.2f} dB · **SSIM** {ssim:.3f} · "
+        if z is not z_encoder:  # refined: say so, and what the encoder's own token gave
+            base_psnr, base_ssim = imaging.psnr_ssim(original, render(z_encoder))
+            moved = float(torch.nn.functional.cosine_similarity(z, z_encoder, dim=-1))
+            summary += (
+                f"token refined on this image by {refine_value(refine_steps)} gradient steps (cos to the "
+                f"encoder's token {moved:.3f}); the encoder's token gives {base_psnr:.2f} dB · {base_ssim:.3f} · "
+            )
+        summary += (
+            f"**cos(z, z_frozen)** {float(cos[0]):.3f} · decoded in {n_steps} steps from noise scaled by τ = {used:g}\n\n"
             f"{imaging.token_size_text(model.token_dim, model.image_size)}"
         )
         if held_out := imaging.held_out_text(self.models.entry(model_label).metrics):
@@ -183,16 +170,18 @@ class Explorer:
         steps: float,
         seed: float,
         temperature: float | None = None,
+        refine_steps: float | None = 0,
         progress: gr.Progress = gr.Progress(track_tqdm=False),  # noqa: B008
     ) -> Gallery:
         picture = open_upload(image, self.input_size(model_label))
         model = self.model(model_label)
         seed_ = imaging.seed_value(seed)
+        z, _, _ = self._token(model, picture, refine_steps, seed_, progress)  # the reconstruction's token
         images = model.variations(
-            model.encode(picture),
+            z,
             4,
             seed=seed_,
-            steps=_steps(steps),
+            steps=steps_value(steps),
             temperature=_temperature(temperature),
             progress=_progress_fn(progress, "variations"),
         )
@@ -222,7 +211,7 @@ class Explorer:
             cfg_interval=imaging.interval(lo, hi),
             # The steps slider sets the decoder's; the generator's steps (one token: cheap) stay
             # the model's own setting, the one its metrics.json was measured with.
-            decode_steps=_steps(steps),
+            decode_steps=steps_value(steps),
             temperature=_temperature(temperature, "T"),
             seed=imaging.seed_value(seed),
             progress=_progress_fn(progress, "decoding"),
@@ -298,7 +287,7 @@ class Explorer:
         # One noise for every frame: only the token changes along the strip.
         noise = seeded_noise((1, c, s, s), imaging.seed_value(seed)).expand(n, -1, -1, -1)
         images = model.decode(
-            tokens, noise=noise, steps=_steps(steps), progress=_progress_fn(progress, "decoding frames")
+            tokens, noise=noise, steps=steps_value(steps), progress=_progress_fn(progress, "decoding frames")
         )
         strip = outputs.gallery(images, [f"{w:.2f}" for w in weights.tolist()])
         gif = outputs.write_gif(images, Path(strip[0][0]).parent / "interpolation.gif")
@@ -342,7 +331,7 @@ class Explorer:
             entry, model = self.models.entry(key), self.models.get(key)
             original = model.to_pil(model.preprocess(picture))[0]
             z = model.encode(picture)
-            recon = model.decode(z, steps=_steps(steps), seed=imaging.seed_value(seed))[0]
+            recon = model.decode(z, steps=steps_value(steps), seed=imaging.seed_value(seed))[0]
             psnr, ssim = imaging.psnr_ssim(original, recon)
             done[key] = (recon, f"{psnr:.1f} dB / {ssim:.3f}")
             tokens = m.model_tokens.get(key) if m is not None else None
@@ -363,14 +352,6 @@ class Explorer:
             [done[e.key][0] for e in lambdas], [f"λ={e.lam} · {done[e.key][1]}" for e in lambdas]
         )
         return by_backbone, by_lambda, "**Nearest neighbours in each latent space**\n\n" + "\n".join(lines)
-
-
-def _seconds(seconds: float) -> str:
-    if seconds < 1:
-        return f"{seconds:.2f} s"
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def _frame_index(count: int, weight: float) -> int:

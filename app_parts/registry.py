@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 
 from reptok.encoder import BACKBONE_METHODS
+from reptok.inversion import RefineConfig, refine
 from reptok.manifold import lambda_label
 from reptok.pipeline import RepTok, RepTokConfig
 
@@ -88,6 +89,7 @@ class ModelEntry:
     model: RepTok | None = None
     metrics: dict[str, object] = field(default_factory=dict)  # its metrics.json, read with the model
     speed: DecodeSpeed | None = None  # measured on first ask (ModelRegistry.speed), then kept
+    refine_step_s: float | None = None  # one token refinement step (ModelRegistry.refine_step_s)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -266,6 +268,28 @@ class ModelRegistry:
                 with torch.inference_mode():
                     entry.speed = measure_speed(model)
             return entry.speed
+
+    def refine_step_s(self, label: str | None = None) -> float:
+        """Seconds of one token refinement step (reptok.inversion) on this machine, timed on a blank
+        image when first asked (the Reconstruct tab asks only once refinement is switched on), then
+        kept; the encode and the VAE's encoding are counted in, so it errs long."""
+        model, entry = self.get(label), self.entry(label)
+        with entry.lock:
+            if entry.refine_step_s is None:
+                from PIL import Image
+
+                blank = Image.new("RGB", (model.image_size, model.image_size), "white")
+
+                def timed(steps: int) -> float:
+                    start = time.perf_counter()
+                    refine(model, blank, config=RefineConfig(steps=steps))
+                    return time.perf_counter() - start
+
+                # A second-long step is timed once (the first call's set-up is small beside it); a
+                # fast one again after that warm-up, over 3 steps, as the set-up would dominate.
+                first = timed(1)
+                entry.refine_step_s = first if first > 1.0 else timed(3) / 3
+            return entry.refine_step_s
 
     def comparable(self) -> ModelEntry:
         """The default model, or its same-budget twin (same backbone and λ, another folder) where one

@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 from gradio.data_classes import ImageData
 
+from app_parts.estimates import MAX_REFINE_STEPS
 from app_parts.handlers import MAX_IMAGES, MAX_PROMPT_CHARS, MAX_TEMPERATURE, Explorer
 from app_parts.imaging import HELD_OUT_HELP
 from app_parts.registry import NO_MODEL_MESSAGE, Ability, ModelRegistry
@@ -28,6 +29,8 @@ CLASS_EXAMPLES = ["face-smiling", "animal-mammal", "food-fruit", "heart", "Smile
 # Held-out examples the default model reconstructs recognisably (the model card's grid): the image
 # tabs open on them, so Reconstruct, Interpolate and Compare answer on a fresh page, as Sample does.
 OPENING_EXAMPLES = ["google-grinning_face.png", "google-japan_flag.png"]
+# Test-time refinement (reptok.inversion): off by default, so the tab shows RepTok's encoder as published.
+REFINE_LABEL = "Refine the token on this image: gradient steps on the decoder's loss (0: the encoder's token)"
 
 
 def opening_images(examples: list[str], n: int) -> list[str | None]:
@@ -223,8 +226,11 @@ def reconstruct_tab(demo: gr.Blocks, app: Explorer, examples: list[str]) -> gr.D
                 steps = decoder_steps(models)
                 tau = decoder_temperature(models)
                 seed = seed_box()
+            refine_steps = gr.Slider(
+                0, MAX_REFINE_STEPS, value=0, step=5, label=REFINE_LABEL, elem_id="refine-steps"
+            )
             button = gr.Button("Reconstruct", variant="primary")
-            expected_time(demo, app.estimate_reconstruct, [model, steps])
+            expected_time(demo, app.estimates.reconstruct_seconds, [model, steps, refine_steps])
     defaults_follow_model(model, models, {steps: "decode_steps", tau: "decode_temperature"})
     with gr.Row(elem_classes="pixel-out"):
         original = gr.Image(label="Original (model size)", format="png", interactive=False, height=256)
@@ -239,7 +245,7 @@ def reconstruct_tab(demo: gr.Blocks, app: Explorer, examples: list[str]) -> gr.D
     summary = gr.Markdown()
     gr.Markdown(HELD_OUT_HELP, elem_classes="help-text")  # the held-out line's terms
     variations = gallery("Variations: the same token, 4 decoder seeds (how far apart: τ in Settings)")
-    inputs, outputs = [image, model, steps, seed, tau], [original, recon, heat, summary]
+    inputs, outputs = [image, model, steps, seed, tau, refine_steps], [original, recon, heat, summary]
     picked = gr.Examples(examples, inputs=[image], label="Examples") if examples else None
     gr.on([button.click, image.upload], app.reconstruct, inputs, outputs, api_name="reconstruct").success(
         app.variations, inputs, variations, api_name="variations"
@@ -261,7 +267,7 @@ def class_sampling_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
                 controls = sampling_controls(models, "class")
             model = model_dropdown(models, "class")
             button = gr.Button("Sample", variant="primary")
-            expected_time(demo, app.estimate_sample, [model, controls[3], controls[5]])  # steps, n
+            expected_time(demo, app.estimates.sample_seconds, [model, controls[3], controls[5]])  # steps, n
         samples = gallery("Samples")
     sampling_defaults_follow_model(model, models, controls, "class")
     picked = gr.Examples([[c] for c in examples], inputs=[name], label="Classes") if examples else None
@@ -297,7 +303,7 @@ def text_prompts_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
                 model = model_dropdown(models, "text")
                 controls = sampling_controls(models, "text")
             button = gr.Button("Sample", variant="primary")
-            expected_time(demo, app.estimate_sample, [model, controls[3], controls[5]])  # steps, n
+            expected_time(demo, app.estimates.sample_seconds, [model, controls[3], controls[5]])  # steps, n
         samples = gallery("Samples")
     sampling_defaults_follow_model(model, models, controls, "text")
     picked = gr.Examples([[p] for p in PROMPT_EXAMPLES], inputs=[prompt], label="Prompts")

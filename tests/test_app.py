@@ -54,6 +54,24 @@ def test_decoder_temperature_sets_how_far_variations_spread(client: Client, file
     assert "τ = 1" in summary  # no τ given: the slider's start, the model's own default
 
 
+def test_reconstruct_with_a_refined_token(client: Client, files: dict[str, Path]) -> None:
+    """Refinement steps (reptok.inversion) refine the token before decoding, and the summary says so
+    and what the encoder's own token gave; the variations decode the same refined token; without the
+    setting (an older API call) it is the encoder's token."""
+    image = handle_file(files["rgb.png"])
+    _, plain, _, summary = client.predict(image, "tiny", 2, 0, 0.5, api_name="/reconstruct")
+    assert "refined" not in summary
+    _, refined, _, summary = client.predict(image, "tiny", 2, 0, 0.5, 5, api_name="/reconstruct")
+    assert "token refined on this image by 5 gradient steps (cos to the encoder's token 0." in summary
+    assert "the encoder's token gives" in summary
+    assert np.asarray(Image.open(refined)).tobytes() != np.asarray(Image.open(plain)).tobytes()
+    same = client.predict(image, "tiny", 2, 0, 0.5, 5, api_name="/variations")
+    other = client.predict(image, "tiny", 2, 0, 0.5, api_name="/variations")
+    # seed 0 of the variations is the reconstruction itself: same token, same noise
+    assert np.array_equal(np.asarray(Image.open(item_path(same[0]))), np.asarray(Image.open(refined)))
+    assert np.array_equal(np.asarray(Image.open(item_path(other[0]))), np.asarray(Image.open(plain)))
+
+
 def test_sample_class(client: Client) -> None:
     gallery = client.predict(CLASS_NAMES[1], "tiny", 1.5, 0.3, 0.9, 2, 0, 3, api_name="/sample_class")
     assert len(gallery) == 3
@@ -356,16 +374,26 @@ def test_expected_time_measured_once_and_lazily(model_dir: Path, monkeypatch: py
     build_demo(models)
     assert not calls and models.entry("tiny").model is None  # building the app times and loads nothing
     explorer = Explorer(models, Path("none.npz"))
-    assert explorer.estimate_reconstruct("tiny", 10) == (
+    assert explorer.estimates.reconstruct_seconds("tiny", 10) == (
         "≈ 0.26 s on this machine, then ≈ 1.0 s for the 4 variations"
     )
-    assert explorer.estimate_sample("tiny", 10, 16) == "≈ 4.0 s on this machine for 16 images (decoder)"
-    assert explorer.estimate_sample(None, 1, 1) == "≈ 0.07 s on this machine for 1 image (decoder)"
+    assert (
+        explorer.estimates.sample_seconds("tiny", 10, 16) == "≈ 4.0 s on this machine for 16 images (decoder)"
+    )
+    assert explorer.estimates.sample_seconds(None, 1, 1) == "≈ 0.07 s on this machine for 1 image (decoder)"
     assert len(calls) == 1  # measured once per model
-    assert explorer.estimate_sample("tiny", float("nan"), 1) == ""  # a hint: bad values give none
-    assert Explorer(ModelRegistry([]), Path("none.npz")).estimate_reconstruct(None, 5) == ""
+    assert models.entry("tiny").refine_step_s is None  # refinement is timed only once asked for
+    models.entry("tiny").refine_step_s = 0.01
+    assert explorer.estimates.reconstruct_seconds("tiny", 10, 25) == (
+        "≈ 0.51 s on this machine (0.25 s of it refining the token), then ≈ 1.3 s for the 4 variations"
+    )
+    assert explorer.estimates.sample_seconds("tiny", float("nan"), 1) == ""  # a hint: bad values give none
+    assert Explorer(ModelRegistry([]), Path("none.npz")).estimates.reconstruct_seconds(None, 5) == ""
 
 
 def test_measure_speed_real_model(model_dir: Path) -> None:
-    speed = ModelRegistry([model_dir]).speed("tiny")
+    models = ModelRegistry([model_dir])
+    speed = models.speed("tiny")
     assert speed.encode_s > 0 and speed.step_s > 0 and speed.fixed_s >= 0
+    step = models.refine_step_s("tiny")
+    assert step > 0 and models.refine_step_s("tiny") == step  # timed once, then kept
