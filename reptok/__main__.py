@@ -137,8 +137,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             print(f"skipped {path}: {err}", file=sys.stderr)
             failed += 1
             continue
-        recon = model.reconstruct(
-            image, steps=args.steps, sampler=args.sampler, temperature=args.temperature, seed=args.seed
+        if args.refine_steps:  # the token refined on this image (reptok.inversion), not the encoder's
+            from reptok.inversion import RefineConfig, refine
+
+            z = refine(model, image, config=RefineConfig(steps=args.refine_steps, seed=args.seed))
+        else:
+            z = model.encode(image)
+        recon = model.decode(
+            z, steps=args.steps, sampler=args.sampler, temperature=args.temperature, seed=args.seed
         )[0]
         target = out / f"{Path(path).stem}.png"
         recon.save(target)
@@ -265,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="decoder steps (default: the model's)")
     p.add_argument("--sampler", choices=["euler", "heun"], help="decoder sampler (default: the model's)")
     p.add_argument("--temperature", type=float, help="decoder noise scale τ (default: the model's)")
+    p.add_argument(
+        "--refine-steps", type=int, default=0,
+        help="refine each token on its image first: gradient steps on the decoder's loss (0: the encoder's token)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_reconstruct)
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -50,6 +51,13 @@ def test_reconstruct_writes_one_png_per_input(tiny_model_dir: Path, tmp_path: Pa
     )
     assert sorted(p.name for p in out.iterdir()) == ["apple.png", "car.png"]
     assert Image.open(out / "apple.png").size == (32, 32)
+    # --refine-steps: the token refined on the image first (reptok.inversion), another picture
+    refined = tmp_path / "refined"
+    argv = ["reconstruct", str(a), "--out-dir", str(refined), "--model", str(tiny_model_dir), "--steps", "2"]
+    assert main([*argv, "--refine-steps", "5"]) == 0
+    assert not np.array_equal(
+        np.asarray(Image.open(refined / "apple.png")), np.asarray(Image.open(out / "apple.png"))
+    )
 
 
 def test_reconstruct_reports_bad_files_and_goes_on(tiny_model_dir: Path, tmp_path: Path, capsys) -> None:
