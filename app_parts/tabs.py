@@ -31,6 +31,10 @@ CLASS_EXAMPLES = ["face-smiling", "animal-mammal", "food-fruit", "heart", "Smile
 OPENING_EXAMPLES = ["google-grinning_face.png", "google-japan_flag.png"]
 # Test-time refinement (reptok.inversion): off by default, so the tab shows RepTok's encoder as published.
 REFINE_LABEL = "Refine the token on this image: gradient steps on the decoder's loss (0: the encoder's token)"
+REFINE_INFO = (
+    "Still one token, but fitted to this image rather than the encoder's one-pass guess. On the 579 held-out "
+    "emoji, 25 steps took the default model from 18.3 to 20.9 dB and identification from 93 to 99 % (MODEL_CARD.md)."
+)
 
 
 def opening_images(examples: list[str], n: int) -> list[str | None]:
@@ -227,7 +231,13 @@ def reconstruct_tab(demo: gr.Blocks, app: Explorer, examples: list[str]) -> gr.D
                 tau = decoder_temperature(models)
                 seed = seed_box()
             refine_steps = gr.Slider(
-                0, MAX_REFINE_STEPS, value=0, step=5, label=REFINE_LABEL, elem_id="refine-steps"
+                0,
+                MAX_REFINE_STEPS,
+                value=0,
+                step=5,
+                label=REFINE_LABEL,
+                info=REFINE_INFO,
+                elem_id="refine-steps",
             )
             button = gr.Button("Reconstruct", variant="primary")
             expected_time(demo, app.estimates.reconstruct_seconds, [model, steps, refine_steps])

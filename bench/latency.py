@@ -57,6 +57,7 @@ from reptok.sampling import SAMPLERS, Sampler
 from train.data import IMAGE_EXTENSIONS, EmojiDataset
 
 # Targets for the embedded default (64×64, default sampler settings) on 2 CPU cores.
+REFINE_STEPS = 25
 TARGETS_S = {"reconstruct": 0.5, "class_16": 3.0, "text_16": 3.5, "interpolate_8": 2.0, "manifold": 1.0}
 N_SAMPLES, N_FRAMES = 16, 8
 
@@ -141,6 +142,10 @@ def actions(
         "reconstruct": lambda: explorer.reconstruct(a, label, steps, seed),
         # Chained after every reconstruct in the app (.success): 4 more decodes the person waits for.
         "variations": lambda: explorer.variations(a, label, steps, seed),
+        # The Reconstruct tab's refinement slider at 25 steps (reptok.inversion; off by default).
+        f"reconstruct_refine_{REFINE_STEPS}": lambda: explorer.reconstruct(
+            a, label, steps, seed, None, REFINE_STEPS
+        ),
         "class_16": "skipped: no class generator (or no class to choose)",
         "text_16": "skipped: no text generator",
         "interpolate_8": lambda: explorer.interpolate(a, b, label, N_FRAMES, "slerp", steps, seed, 0.5),
