@@ -19,7 +19,7 @@ from PIL import Image
 
 from reptok.manifold import fit_2d, save_manifold
 from reptok.pipeline import RepTok
-from tests.helpers import CLASS_NAMES, randomize_, tiny_config
+from tests.helpers import CLASS_NAMES
 
 if TYPE_CHECKING:
     from gradio_client import Client
@@ -38,14 +38,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    torch.manual_seed(0)
-    model = RepTok.from_config(tiny_config())
-    model.config.info = {"name": "tiny"}
-    randomize_(model.decoder, seed=1)
-    randomize_(model.class_generator, seed=2)
-    randomize_(model.text_generator, seed=3)
-    return model.save_pretrained(tmp_path_factory.mktemp("models") / "tiny", dtype=torch.float32)
+def model_dir(tiny_model: RepTok, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """conftest's tiny model (both generators), saved in a folder of this module's own, "tiny"."""
+    return tiny_model.save_pretrained(tmp_path_factory.mktemp("models") / "tiny", dtype=torch.float32)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,15 @@ from reptok.pipeline import RepTok
 from tests.helpers import CLASS_NAMES, COLOURS, shape_image, write_shapes_npz
 from train import pretrain_backbone as pb
 
-ACTIONS = {"reconstruct", "variations", "class_16", "text_16", "interpolate_8", "manifold"}
+ACTIONS = {
+    "reconstruct",
+    "variations",
+    "reconstruct_refine_25",
+    "class_16",
+    "text_16",
+    "interpolate_8",
+    "manifold",
+}
 
 
 @pytest.fixture(scope="module")
