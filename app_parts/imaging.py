@@ -67,7 +67,8 @@ HELD_OUT_HELP = (
     "In the held-out line, *identification* is the share of held-out emoji whose one-token "
     "reconstruction is closer (pixel MSE) to its own original than to any other held-out one; "
     "chance is 1/n. The *ridge probe* is a linear map tokens → pixels fit on the training emoji and "
-    "scored on the held-out ones: what the token itself carries, without the decoder."
+    "scored on the held-out ones: what the token itself carries, without the decoder. *Token refined*: "
+    "identification and PSNR from tokens refined on each image (the slider above), where measured."
 )
 
 
@@ -104,6 +105,10 @@ def held_out_text(metrics: Mapping[str, object]) -> str:
         parts.append(f"{psnr:.1f} dB")
     if (ssim := get("ssim")) is not None:
         parts.append(f"SSIM {ssim:.2f}")
+    refined = [_percent(x)] if (x := get("refined_identification")) is not None else []
+    refined += [f"{x:.1f} dB"] if (x := get("refined_psnr")) is not None else []
+    if refined and (refine_steps := get("refined_steps")):
+        parts.append(f"token refined {refine_steps:.0f} steps: " + " / ".join(refined))
     probe_psnr, probe_ident = get("ridge_probe_psnr"), get("ridge_probe_identification")
     probe = [f"{probe_psnr:.1f} dB"] if probe_psnr is not None else []
     probe += [_percent(probe_ident)] if probe_ident is not None else []

@@ -56,11 +56,11 @@ from reptok.decoder import DECODER_PRESETS
 from reptok.generator import MixerGenerator
 from reptok.metrics import FeatureSpace, frechet_distance
 from reptok.pipeline import RepTok
-from train.batches import seed_everything, step_generator
+from train.batches import index_chunks, seed_everything, step_generator
 from train.cli import add_time_schedule_arg
 from train.common import Trainer
 from train.data import EmojiDataset
-from train.evaluate import _chunks, feature_space
+from train.evaluate import feature_space
 from train.loop_config import TrainConfig, to_plain
 from train.train_generator import PRESETS, class_loss, encode_dataset
 
@@ -124,7 +124,7 @@ def reptok_side(
     def sample(generator: nn.Module, labels: Tensor, seed: int) -> tuple[Tensor, dict[str, float]]:
         tokenizer.class_generator = generator  # the pipeline samples with the generator it holds
         images, seconds = [], {"generate": 0.0, "decode": 0.0}
-        for r in _chunks(len(labels), args.eval_batch):
+        for r in index_chunks(len(labels), args.eval_batch):
             start = time.perf_counter()
             z = tokenizer.sample_tokens(
                 labels=labels[r.start : r.stop].tolist(), steps=steps, seed=seed + r.start
@@ -177,7 +177,7 @@ def dit_side(
 
     def sample(net: nn.Module, labels: Tensor, seed: int) -> tuple[Tensor, dict[str, float]]:
         images, start = [], time.perf_counter()
-        for r in _chunks(len(labels), args.eval_batch):
+        for r in index_chunks(len(labels), args.eval_batch):
             y = labels[r.start : r.stop].to(tokenizer.device)
             images.append(sample_images(net, y, seed=seed + r.start, **knobs).cpu())
         return torch.cat(images), {"generate": time.perf_counter() - start}

@@ -193,6 +193,15 @@ def test_held_out_text_full() -> None:
     )
 
 
+def test_held_out_text_with_refined_tokens() -> None:
+    """evaluate.py --refine-steps adds the reconstructions from tokens refined on each image."""
+    from app_parts.imaging import held_out_text
+
+    refined = FULL_METRICS | {"refined_steps": 25, "refined_identification": 0.986, "refined_psnr": 20.92}
+    assert "· SSIM 0.52 · token refined 25 steps: 99 % / 20.9 dB · ridge probe" in held_out_text(refined)
+    assert "refined" not in held_out_text(FULL_METRICS | {"refined_psnr": 20.92})  # steps unknown: left out
+
+
 def test_held_out_text_old_partial_and_empty() -> None:
     from app_parts.imaging import held_out_text
 

@@ -15,7 +15,7 @@ import torch
 from reptok.metrics import FeatureSpace
 from reptok.pipeline import RepTok
 from tests.helpers import CATEGORIES, COLOURS, randomize_, shape_image, tiny_config, write_shapes_npz
-from train import evaluate
+from train import evaluate, sample_metrics
 from train import pretrain_backbone as pb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -81,11 +81,11 @@ def test_probe_bank_is_computed_once_per_feature_network_and_images(tmp_path: Pa
 
     space = FeatureSpace("toy-1234", extract)
     images = torch.rand(5, 3, 8, 8)
-    bank = evaluate.probe_bank(space, images, tmp_path)
-    assert torch.equal(evaluate.probe_bank(space, images, tmp_path), bank) and len(calls) == 1
-    assert torch.equal(evaluate.probe_bank(space, images), bank)  # no cache: the same numbers
-    evaluate.probe_bank(space, images.flip(0), tmp_path)  # other images: never the stale bank
-    evaluate.probe_bank(FeatureSpace("toy-5678", extract), images, tmp_path)  # another network
+    bank = sample_metrics.probe_bank(space, images, tmp_path)
+    assert torch.equal(sample_metrics.probe_bank(space, images, tmp_path), bank) and len(calls) == 1
+    assert torch.equal(sample_metrics.probe_bank(space, images), bank)  # no cache: the same numbers
+    sample_metrics.probe_bank(space, images.flip(0), tmp_path)  # other images: never the stale bank
+    sample_metrics.probe_bank(FeatureSpace("toy-5678", extract), images, tmp_path)  # another network
     assert len(calls) == 4 and len(list(tmp_path.glob("probe-bank-*.npy"))) == 3
 
 
@@ -109,7 +109,7 @@ def test_decode_sweep_rows_match_evaluate_at_the_same_setting(
     assert [(r["steps"], r["temperature"]) for r in rows] == [(1, 1.0), (1, 0.5), (2, 1.0), (2, 0.5)]
     assert json.loads((tmp_path / "sweep.json").read_text())["rows"] == rows
     ref = evaluate.main(["--model", str(model), "--data", str(data), "--features", str(features),
-                         "--n", "6", "--steps", "2", "--out", str(tmp_path / "m.json")])  # fmt: skip
+                         "--n", "6", "--steps", "2", "--refine-steps", "3", "--out", str(tmp_path / "m.json")])  # fmt: skip
     assert rows[2]["psnr"] == pytest.approx(ref["psnr"], abs=1e-4)
     assert rows[2]["identification"] == ref["identification"]
     assert rows[2]["psnr"] != rows[3]["psnr"]  # the temperature reaches the sampler
@@ -119,6 +119,10 @@ def test_decode_sweep_rows_match_evaluate_at_the_same_setting(
     assert [r["refine_steps"] for r in refined] == [0, 3] and "refine_s" in refined[1]
     assert refined[0]["psnr"] == pytest.approx(rows[2]["psnr"], abs=1e-6)
     assert refined[1]["psnr"] != refined[0]["psnr"] and refined[1]["cos_to_encoder"] < 1.0
+    # evaluate.py --refine-steps: the same refined tokens, decoded with the same seeds
+    assert ref["refined_steps"] == 3 and ref["refined_psnr"] == pytest.approx(refined[1]["psnr"], abs=1e-4)
+    assert ref["refined_identification"] == refined[1]["identification"]
+    assert ref["refined_cos_to_encoder"] == pytest.approx(refined[1]["cos_to_encoder"], abs=1e-5)
 
 
 def test_guidance_sweep_rows_match_evaluate_at_the_model_scale(

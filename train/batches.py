@@ -94,3 +94,8 @@ def resumable_batches(
         pin_memory=torch.cuda.is_available(), persistent_workers=True,
     )  # fmt: skip
     yield from loader
+
+
+def index_chunks(n: int, size: int) -> list[range]:
+    """0..n in consecutive ranges of at most `size`: the batches of an evaluation, in order."""
+    return [range(i, min(i + size, n)) for i in range(0, n, size)]

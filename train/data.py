@@ -298,3 +298,8 @@ def build_dataset(
     if not path.exists():
         raise FileNotFoundError(f"Data not found: {path} (give an .npz from prepare_emoji.py or a folder)")
     raise ValueError(f"Unsupported data spec {path}: give an .npz from prepare_emoji.py or a folder")
+
+
+def stack_images(dataset: EmojiDataset, indices: Sequence[int]) -> torch.Tensor:
+    """The dataset's images at `indices`, stacked: (N, 3, H, W) in [-1, 1]."""
+    return torch.stack([dataset[i]["image"] for i in indices])

@@ -31,8 +31,9 @@ from reptok.inversion import RefineConfig, refine
 from reptok.metrics import identification, psnr, ssim
 from reptok.pipeline import RepTok
 from reptok.sampling import seeded_noise
-from train.data import EmojiDataset
-from train.evaluate import _chunks, _images, encode_all, feature_space
+from train.batches import index_chunks
+from train.data import EmojiDataset, stack_images
+from train.evaluate import encode_all, feature_space
 
 
 @torch.inference_mode()
@@ -57,7 +58,7 @@ def sweep(
             start = time.perf_counter()
             z = encoded if refine_n == 0 else torch.cat([
                 refine(model, real[b.start : b.stop], encoded[b.start : b.stop], RefineConfig(steps=refine_n, seed=seed + b.start))
-                for b in _chunks(len(real), batch_size)
+                for b in index_chunks(len(real), batch_size)
             ])  # fmt: skip  # (N, 1, D)
             tokens[refine_n] = (z, time.perf_counter() - start)
         z, refine_s = tokens[refine_n]
@@ -67,7 +68,7 @@ def sweep(
                 z[b.start : b.stop], steps=s["steps"], sampler=s["sampler"], shift=s["shift"],
                 noise=seeded_noise((len(b), c, n, n), seed + b.start), temperature=s["temperature"], output_type="pt",
             ).cpu()
-            for b in _chunks(len(z), batch_size)
+            for b in index_chunks(len(z), batch_size)
         ])  # fmt: skip  # (N, 3, S, S)
         row = {"refine_steps": refine_n, **s}
         row["decode_s"] = round(time.perf_counter() - start, 2)
@@ -122,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     model = RepTok.from_pretrained(args.model)
     heldout = EmojiDataset(args.data, split="heldout", image_size=model.image_size)
-    real = _images(heldout, range(min(args.n, len(heldout))))  # (n, 3, S, S)
+    real = stack_images(heldout, range(min(args.n, len(heldout))))  # (n, 3, S, S)
     settings = [
         {"steps": st, "sampler": sa, "shift": sh, "temperature": te}
         for st, sa, sh, te in itertools.product(args.steps, args.sampler, args.shift, args.temperature)

@@ -27,6 +27,9 @@ Measured on the first --n held-out images (held-out emoji codes are unseen in ev
                                held-out image (in the same features) is the captioned emoji
     recon_top5_same_code_<space>
                                the same retrieval for the reconstructions: text retrieval's reference
+    refined_*                  with --refine-steps N: psnr, ssim, identification of reconstructions
+                               from tokens refined on each image (reptok.inversion), and their mean
+                               cos to the encoder's tokens; not measured by default (about 1 s an image)
 
 <space> names the fixed feature extractor: an in-house backbone's normalised [cls] output
 ("dino-3f2a9c1e" = method + content hash). These Fréchet distances are NOT FID: FID means
@@ -46,12 +49,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
+from reptok.inversion import RefineConfig, refine
 from reptok.metrics import (
     FeatureSpace,
     effective_rank,
@@ -62,11 +65,11 @@ from reptok.metrics import (
     ssim,
 )
 from reptok.pipeline import RepTok
+from train.batches import index_chunks
 from train.cli import add_guidance_interval_args, guidance_interval_overrides
-from train.data import EmojiData, EmojiDataset
-from train.files import atomic_path
-from train.knn import knn_classify
+from train.data import EmojiData, EmojiDataset, stack_images
 from train.pretrain_backbone import load_encoder
+from train.sample_metrics import class_sample_metrics, retrieval_hits, text_sample_metrics
 
 
 def feature_space(backbone_dir: str | Path) -> FeatureSpace:
@@ -79,19 +82,11 @@ def feature_space(backbone_dir: str | Path) -> FeatureSpace:
     return FeatureSpace(name, lambda images: F.normalize(encoder(images).z[:, 0].float(), dim=-1))
 
 
-def _images(dataset: EmojiDataset, indices: Sequence[int]) -> Tensor:
-    return torch.stack([dataset[i]["image"] for i in indices])  # (N, 3, H, W) in [-1, 1]
-
-
-def _chunks(n: int, size: int) -> list[range]:
-    return [range(i, min(i + size, n)) for i in range(0, n, size)]
-
-
 @torch.inference_mode()
 def encode_all(model: RepTok, images: Tensor, batch_size: int = 128) -> Tensor:
     """(N, 3, S, S) -> the adapted tokens (N, D)."""
     return torch.cat(
-        [model.encode(images[c.start : c.stop])[:, 0].cpu() for c in _chunks(len(images), batch_size)]
+        [model.encode(images[c.start : c.stop])[:, 0].cpu() for c in index_chunks(len(images), batch_size)]
     )
 
 
@@ -102,7 +97,7 @@ def reconstruction_metrics(
     """PSNR, SSIM and identification of one-token reconstructions of `real`, and the reconstructions."""
     recon = torch.cat([
         model.reconstruct(real[c.start : c.stop], steps=steps, seed=seed + c.start, output_type="pt").cpu()
-        for c in tqdm(_chunks(len(real), batch_size), desc="reconstruct")
+        for c in tqdm(index_chunks(len(real), batch_size), desc="reconstruct")
     ])  # fmt: skip
     metrics = {
         "psnr": float(psnr(recon, real).mean()),
@@ -113,124 +108,29 @@ def reconstruction_metrics(
 
 
 @torch.inference_mode()
-def draw_samples(
-    model: RepTok,
-    kind: str,
-    conditions: Sequence[Any],
-    *,
-    steps: int | None,
-    seed: int,
-    batch_size: int,
-    cfg_scale: float | None,
-    temperature: float | None = None,
-    cfg_interval: tuple[float, float] | None = None,
-) -> Tensor:
-    """One sample per condition (`kind`: "labels" or "prompts"), in batches seeded by their offset, so
-    the same condition list gives the same samples at any batch position. `cfg_scale`, its
-    `cfg_interval` and the generator `temperature`: None is the model's own setting."""
-    return torch.cat([
-        model.sample(**{kind: conditions[c.start : c.stop]}, seed=seed + c.start, decode_steps=steps, cfg_scale=cfg_scale, cfg_interval=cfg_interval, temperature=temperature, output_type="pt").cpu()
-        for c in tqdm(_chunks(len(conditions), batch_size), desc=f"{kind} samples")
-    ])  # fmt: skip  # (n, 3, S, S)
-
-
-def probe_bank(space: FeatureSpace, train_images: Tensor, cache_dir: Path | None = None) -> Tensor:
-    """The class probe's k-NN bank: unit-norm features (N, F) of the (N, 3, S, S) training images.
-
-    It depends only on the feature network and the images, not on the model evaluated, so with
-    `cache_dir` it is computed once for all the models a recipe evaluates (else about 29 s on one
-    core each time): stored under the feature space's name (its weights' digest) and a digest of
-    the images' bytes, so a changed network or data set never reads a stale bank.
-    """
-    if cache_dir is None:
-        return torch.from_numpy(space.features(train_images))
-    digest = hashlib.sha256(train_images.numpy().tobytes()).hexdigest()[:16]
-    path = Path(cache_dir) / f"probe-bank-{space.name}-{digest}.npy"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:  # two evaluations may write it at once
-            np.save(tmp, space.features(train_images))
-    return torch.from_numpy(np.load(path))
-
-
-@torch.inference_mode()
-def class_sample_metrics(
-    model: RepTok,
-    heldout: EmojiDataset,
-    train: EmojiDataset,
-    idx: Sequence[int],
-    real: Tensor,
-    space: FeatureSpace,
-    *,
-    steps: int | None,
-    seed: int,
-    batch_size: int,
-    cfg_scale: float | None = None,
-    temperature: float | None = None,
-    cfg_interval: tuple[float, float] | None = None,
-    real_feats: np.ndarray | None = None,
-    recon_feats: np.ndarray | None = None,
-    bank_cache: Path | None = None,
+def refined_metrics(
+    model: RepTok, real: Tensor, refine_steps: int, *, steps: int | None, seed: int, batch_size: int
 ) -> dict[str, float]:
-    """gFD and the k-NN class probe of class samples drawn for the held-out label mix of `idx`; the
-    probe's two references: the real images and, where given, their reconstructions' features
-    `recon_feats`. `real_feats`: the real images' features where the caller has them (each image set
-    goes through the feature network once). `bank_cache`: a folder where the probe's bank is kept
-    between calls (`probe_bank`)."""
-    labels = [int(heldout[i]["label"]) for i in idx]
-    samples = draw_samples(model, "labels", labels, steps=steps, seed=seed, batch_size=batch_size, cfg_scale=cfg_scale, temperature=temperature, cfg_interval=cfg_interval)  # fmt: skip
-    sample_feats = space.features(samples)  # (n, F)
-    real_feats = space.features(real) if real_feats is None else real_feats  # (n, F)
-    bank = probe_bank(space, _images(train, range(len(train))), bank_cache)  # (N, F), unit norm
-    bank_labels = torch.tensor([int(train[i]["label"]) for i in range(len(train))])
-    target = torch.tensor(labels)
-
-    def probe(feats: np.ndarray) -> float:
-        named = knn_classify(bank, bank_labels, torch.from_numpy(feats), 20, 0.07, len(train.class_names))
-        return float((named == target).float().mean())
-
+    """reconstruction_metrics from tokens refined on each image for `refine_steps` (reptok.inversion),
+    decoded with the same seeds."""
+    encoded, refined = [], []
+    for c in tqdm(index_chunks(len(real), batch_size), desc="refine"):
+        z = model.encode(real[c.start : c.stop])  # (b, 1, D)
+        encoded.append(z)
+        refined.append(
+            refine(model, real[c.start : c.stop], z, RefineConfig(steps=refine_steps, seed=seed + c.start))
+        )
+    z, z_enc = torch.cat(refined), torch.cat(encoded)  # (n, 1, D) each
+    recon = torch.cat([
+        model.decode(z[c.start : c.stop], steps=steps, seed=seed + c.start, output_type="pt").cpu()
+        for c in index_chunks(len(real), batch_size)
+    ])  # fmt: skip
     return {
-        space.key("gFD"): frechet_distance(sample_feats, real_feats),
-        space.key("class_probe_acc"): probe(sample_feats),
-        # the same probe on the real held-out images: what a sampler that drew the data itself would get
-        space.key("class_probe_acc_real"): probe(real_feats),
-        **({space.key("class_probe_acc_recon"): probe(recon_feats)} if recon_feats is not None else {}),
-    }
-
-
-def retrieval_hits(query_feats: np.ndarray, real_feats: np.ndarray, codes: Sequence[str]) -> Tensor:
-    """(n, 5) bool: whether each of query i's 5 nearest held-out images (cosine, unit-norm features)
-    shows the emoji code of held-out image i, in any style."""
-    sims = torch.from_numpy(query_feats) @ torch.from_numpy(real_feats).T  # (n, n)
-    top5 = sims.topk(min(5, len(codes)), dim=1).indices  # (n, 5) nearest held-out images
-    return torch.tensor([[codes[j] == codes[i] for j in row] for i, row in enumerate(top5.tolist())])
-
-
-@torch.inference_mode()
-def text_sample_metrics(
-    model: RepTok,
-    heldout: EmojiDataset,
-    idx: Sequence[int],
-    real_feats: np.ndarray,
-    space: FeatureSpace,
-    *,
-    steps: int | None,
-    seed: int,
-    batch_size: int,
-    cfg_scale: float | None = None,
-    temperature: float | None = None,
-    cfg_interval: tuple[float, float] | None = None,
-) -> dict[str, float]:
-    """text gFD and retrieval of text samples drawn from the held-out captions of `idx`."""
-    prompts = [str(heldout[i]["caption"]) for i in idx]
-    codes = [str(heldout[i]["code"]) for i in idx]
-    samples = draw_samples(model, "prompts", prompts, steps=steps, seed=seed, batch_size=batch_size, cfg_scale=cfg_scale, temperature=temperature, cfg_interval=cfg_interval)  # fmt: skip
-    sample_feats = space.features(samples)  # (n, F), unit norm
-    hit = retrieval_hits(sample_feats, real_feats, codes)  # (n, 5)
-    return {
-        space.key("text_gFD"): frechet_distance(sample_feats, real_feats),
-        space.key("text_retrieval_top1"): float(hit[:, 0].float().mean()),
-        space.key("text_retrieval_top5"): float(hit.any(1).float().mean()),
+        "refined_steps": refine_steps,
+        "refined_psnr": float(psnr(recon, real).mean()),
+        "refined_ssim": float(ssim(recon, real).mean()),
+        "refined_identification": float(identification(recon, real).float().mean()),
+        "refined_cos_to_encoder": float(F.cosine_similarity(z, z_enc, dim=-1).mean()),
     }
 
 
@@ -247,6 +147,7 @@ def evaluate(
     batch_size: int = 64,
     unseen_data: str | Path | None = None,
     cache_dir: Path | None = None,
+    refine_steps: int = 0,
 ) -> dict[str, Any]:
     """Metrics of `model` on the held-out codes of `data`, and on the held-out codes of `unseen_data`
     apart: a file of emoji in a style no training saw. `cache_dir`: where the class probe's bank is
@@ -254,7 +155,7 @@ def evaluate(
     heldout = EmojiDataset(data, split="heldout", label=label, image_size=model.image_size)
     train = EmojiDataset(data, split="train", label=label, image_size=model.image_size)
     idx = list(range(min(n, len(heldout))))
-    real = _images(heldout, idx)  # (n, 3, S, S)
+    real = stack_images(heldout, idx)  # (n, 3, S, S)
     real_feats = space.features(real)
     metrics: dict[str, Any] = {"n": len(idx), "feature_space": space.name}
     metrics["decode_steps"] = steps or model.config.sampling.decode_steps
@@ -270,7 +171,9 @@ def evaluate(
     )
     metrics |= recon_metrics
     metrics["identification_chance"] = 1.0 / len(idx)
-    cos = [model.cosine_to_frozen(real[c.start : c.stop]).cpu() for c in _chunks(len(idx), batch_size)]
+    if refine_steps:
+        metrics |= refined_metrics(model, real, refine_steps, steps=steps, seed=seed, batch_size=batch_size)
+    cos = [model.cosine_to_frozen(real[c.start : c.stop]).cpu() for c in index_chunks(len(idx), batch_size)]
     metrics["cos_to_frozen"] = float(torch.cat(cos).mean())
     recon_feats = space.features(recon_t)  # (n, F)
     metrics[space.key("rFD")] = frechet_distance(recon_feats, real_feats)
@@ -278,7 +181,7 @@ def evaluate(
     # each caption's exact token would reach.
     hit = retrieval_hits(recon_feats, real_feats, [str(heldout[i]["code"]) for i in idx])
     metrics[space.key("recon_top5_same_code")] = float(hit.any(1).float().mean())
-    train_images = _images(train, range(len(train)))  # (N, 3, S, S): the mean image and the probe's bank
+    train_images = stack_images(train, range(len(train)))  # (N, 3, S, S): the mean image and the probe's bank
     heldout_tokens = encode_all(model, real)  # (n, D)
     metrics["token_effective_rank"] = effective_rank(heldout_tokens)
     metrics["token_dim"] = int(heldout_tokens.shape[1])
@@ -298,7 +201,7 @@ def evaluate(
 
     if unseen_data is not None:
         unseen = EmojiDataset(unseen_data, split="heldout", label=label, image_size=model.image_size)
-        unseen_real = _images(unseen, range(min(n, len(unseen))))
+        unseen_real = stack_images(unseen, range(min(n, len(unseen))))
         unseen_metrics, _ = reconstruction_metrics(
             model, unseen_real, steps=steps, seed=seed, batch_size=batch_size
         )
@@ -340,6 +243,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="keep the class probe's bank of training-image features here, for the next evaluation "
         "with the same --features and --data (default: compute it each time)",
     )  # fmt: skip
+    p.add_argument(
+        "--refine-steps", type=int, default=0,
+        help="also measure reconstructions from tokens refined on each image for N steps (reptok.inversion)",
+    )  # fmt: skip
     p.add_argument("--out", help="where to write the JSON (default: <model>/metrics.json)")
     return p.parse_args(argv)
 
@@ -361,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     metrics = evaluate(
         model, args.data, feature_space(args.features),
         n=args.n, label=args.label, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
-        unseen_data=args.unseen_data, cache_dir=args.cache_dir,
+        unseen_data=args.unseen_data, cache_dir=args.cache_dir, refine_steps=args.refine_steps,
     )  # fmt: skip
     metrics |= {"model": str(args.model), "data": str(args.data), "seed": args.seed}
     metrics["wall_time_s"] = round(time.perf_counter() - start, 1)

@@ -33,8 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reptok.metrics import FeatureSpace
 from reptok.pipeline import RepTok
-from train.data import EmojiDataset
-from train.evaluate import _images, class_sample_metrics, feature_space, text_sample_metrics
+from train.data import EmojiDataset, stack_images
+from train.evaluate import feature_space
+from train.sample_metrics import class_sample_metrics, text_sample_metrics
 
 
 def sweep(
@@ -57,9 +58,9 @@ def sweep(
     train/evaluate.py reports for those samples, drawn at that guidance scale, guided for t in that
     interval (None: the model's own for that generator), at that generator temperature and from that
     seed (0 is evaluate.py's; more seeds measure the sampling noise). `cache_dir`: where the class
-    probe's bank of training-image features is kept (`evaluate.probe_bank`); None: computed per row."""
+    probe's bank of training-image features is kept (`sample_metrics.probe_bank`); None: computed per row."""
     idx = list(range(min(n, len(heldout))))
-    real = _images(heldout, idx)  # (n, 3, S, S)
+    real = stack_images(heldout, idx)  # (n, 3, S, S)
     real_feats = space.features(real)
     common = {"steps": steps, "batch_size": batch_size}
     rows = []
