@@ -69,7 +69,7 @@ from train.batches import index_chunks
 from train.cli import add_guidance_interval_args, guidance_interval_overrides
 from train.data import EmojiData, EmojiDataset, stack_images
 from train.pretrain_backbone import load_encoder
-from train.sample_metrics import class_sample_metrics, retrieval_hits, text_sample_metrics
+from train.sample_metrics import SampleRun, class_sample_metrics, retrieval_hits, text_sample_metrics
 
 
 def feature_space(backbone_dir: str | Path) -> FeatureSpace:
@@ -192,12 +192,13 @@ def evaluate(
     metrics["baseline_mean_image_psnr"] = float(psnr(mean_image, real).mean())
     metrics["baseline_mean_image_ssim"] = float(ssim(mean_image, real).mean())
 
+    run = SampleRun(steps=steps, seed=seed, batch_size=batch_size)  # the model's own guidance and T
     if model.class_generator is not None and model.config.class_names == heldout.class_names:
-        metrics |= class_sample_metrics(model, heldout, train, idx, real, space, steps=steps, seed=seed, batch_size=batch_size, real_feats=real_feats, recon_feats=recon_feats, bank_cache=cache_dir)  # fmt: skip
+        metrics |= class_sample_metrics(model, heldout, train, idx, real, space, run, real_feats=real_feats, recon_feats=recon_feats, bank_cache=cache_dir)  # fmt: skip
     elif model.class_generator is not None:
         metrics["class_generator"] = f"skipped: its classes are not the data set's {label} labels"
     if model.text_generator is not None:
-        metrics |= text_sample_metrics(model, heldout, idx, real_feats, space, steps=steps, seed=seed, batch_size=batch_size)  # fmt: skip
+        metrics |= text_sample_metrics(model, heldout, idx, real_feats, space, run)
 
     if unseen_data is not None:
         unseen = EmojiDataset(unseen_data, split="heldout", label=label, image_size=model.image_size)

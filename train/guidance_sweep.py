@@ -35,7 +35,7 @@ from reptok.metrics import FeatureSpace
 from reptok.pipeline import RepTok
 from train.data import EmojiDataset, stack_images
 from train.evaluate import feature_space
-from train.sample_metrics import class_sample_metrics, text_sample_metrics
+from train.sample_metrics import SampleRun, class_sample_metrics, text_sample_metrics
 
 
 def sweep(
@@ -62,7 +62,6 @@ def sweep(
     idx = list(range(min(n, len(heldout))))
     real = stack_images(heldout, idx)  # (n, 3, S, S)
     real_feats = space.features(real)
-    common = {"steps": steps, "batch_size": batch_size}
     rows = []
     for cond in conds:
         if cond == "class" and model.class_generator is None:
@@ -74,22 +73,15 @@ def sweep(
         for interval, temperature, scale, seed in itertools.product(intervals, temperatures, scales, seeds):
             start = time.perf_counter()
             interval = interval or model.config.sampling.guidance_interval(cond)
-            setting = {"cfg_scale": scale, "temperature": temperature, "cfg_interval": interval, "seed": seed}
-            setting |= common
+            run = SampleRun(
+                steps, seed, batch_size, cfg_scale=scale, temperature=temperature, cfg_interval=interval
+            )
             if cond == "class":
                 m = class_sample_metrics(
-                    model,
-                    heldout,
-                    train,
-                    idx,
-                    real,
-                    space,
-                    real_feats=real_feats,
-                    bank_cache=cache_dir,
-                    **setting,
+                    model, heldout, train, idx, real, space, run, real_feats=real_feats, bank_cache=cache_dir
                 )
             else:
-                m = text_sample_metrics(model, heldout, idx, real_feats, space, **setting)
+                m = text_sample_metrics(model, heldout, idx, real_feats, space, run)
             row = {
                 "cond": cond, "cfg_scale": scale, "cfg_interval": list(interval), "temperature": temperature,
                 "seed": seed, "seconds": round(time.perf_counter() - start, 1), **m,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,25 +23,27 @@ from train.files import atomic_path
 from train.knn import knn_classify
 
 
+@dataclass(frozen=True)
+class SampleRun:
+    """How samples are drawn: decoder steps (None: the model's), the sampling seed (a batch's samples
+    are seeded by the batch's offset), the batch size, and the guidance scale, its interval and the
+    generator temperature (None: the model's own setting)."""
+
+    steps: int | None = None
+    seed: int = 0
+    batch_size: int = 64
+    cfg_scale: float | None = None
+    temperature: float | None = None
+    cfg_interval: tuple[float, float] | None = None
+
+
 @torch.inference_mode()
-def draw_samples(
-    model: RepTok,
-    kind: str,
-    conditions: Sequence[Any],
-    *,
-    steps: int | None,
-    seed: int,
-    batch_size: int,
-    cfg_scale: float | None,
-    temperature: float | None = None,
-    cfg_interval: tuple[float, float] | None = None,
-) -> Tensor:
+def draw_samples(model: RepTok, kind: str, conditions: Sequence[Any], run: SampleRun) -> Tensor:
     """One sample per condition (`kind`: "labels" or "prompts"), in batches seeded by their offset, so
-    the same condition list gives the same samples at any batch position. `cfg_scale`, its
-    `cfg_interval` and the generator `temperature`: None is the model's own setting."""
+    the same condition list gives the same samples at any batch position."""
     return torch.cat([
-        model.sample(**{kind: conditions[c.start : c.stop]}, seed=seed + c.start, decode_steps=steps, cfg_scale=cfg_scale, cfg_interval=cfg_interval, temperature=temperature, output_type="pt").cpu()
-        for c in tqdm(index_chunks(len(conditions), batch_size), desc=f"{kind} samples")
+        model.sample(**{kind: conditions[c.start : c.stop]}, seed=run.seed + c.start, decode_steps=run.steps, cfg_scale=run.cfg_scale, cfg_interval=run.cfg_interval, temperature=run.temperature, output_type="pt").cpu()
+        for c in tqdm(index_chunks(len(conditions), run.batch_size), desc=f"{kind} samples")
     ])  # fmt: skip  # (n, 3, S, S)
 
 
@@ -71,13 +74,8 @@ def class_sample_metrics(
     idx: Sequence[int],
     real: Tensor,
     space: FeatureSpace,
+    run: SampleRun,
     *,
-    steps: int | None,
-    seed: int,
-    batch_size: int,
-    cfg_scale: float | None = None,
-    temperature: float | None = None,
-    cfg_interval: tuple[float, float] | None = None,
     real_feats: np.ndarray | None = None,
     recon_feats: np.ndarray | None = None,
     bank_cache: Path | None = None,
@@ -88,7 +86,7 @@ def class_sample_metrics(
     goes through the feature network once). `bank_cache`: a folder where the probe's bank is kept
     between calls (`probe_bank`)."""
     labels = [int(heldout[i]["label"]) for i in idx]
-    samples = draw_samples(model, "labels", labels, steps=steps, seed=seed, batch_size=batch_size, cfg_scale=cfg_scale, temperature=temperature, cfg_interval=cfg_interval)  # fmt: skip
+    samples = draw_samples(model, "labels", labels, run)
     sample_feats = space.features(samples)  # (n, F)
     real_feats = space.features(real) if real_feats is None else real_feats  # (n, F)
     bank = probe_bank(space, stack_images(train, range(len(train))), bank_cache)  # (N, F), unit norm
@@ -123,18 +121,12 @@ def text_sample_metrics(
     idx: Sequence[int],
     real_feats: np.ndarray,
     space: FeatureSpace,
-    *,
-    steps: int | None,
-    seed: int,
-    batch_size: int,
-    cfg_scale: float | None = None,
-    temperature: float | None = None,
-    cfg_interval: tuple[float, float] | None = None,
+    run: SampleRun,
 ) -> dict[str, float]:
     """text gFD and retrieval of text samples drawn from the held-out captions of `idx`."""
     prompts = [str(heldout[i]["caption"]) for i in idx]
     codes = [str(heldout[i]["code"]) for i in idx]
-    samples = draw_samples(model, "prompts", prompts, steps=steps, seed=seed, batch_size=batch_size, cfg_scale=cfg_scale, temperature=temperature, cfg_interval=cfg_interval)  # fmt: skip
+    samples = draw_samples(model, "prompts", prompts, run)
     sample_feats = space.features(samples)  # (n, F), unit norm
     hit = retrieval_hits(sample_feats, real_feats, codes)  # (n, 5)
     return {
