@@ -162,10 +162,14 @@ def frozen_tokens(encoder: Encoder) -> Callable[[Tensor], Tensor]:
     return encode
 
 
+def _saved_space(folder: Path) -> dict[str, Any]:
+    return json.loads((folder / "config.json").read_text()).get("image_space") or {"kind": "pixel"}
+
+
 def saved_model_vae(folder: Path) -> str | None:
     """The VAE a saved RepTok model's flow runs in, as --vae takes it: its folder (resolved against
     the model folder, e.g. "vae" or "../reptok-emoji/vae") or its hub name; None in pixel space."""
-    space = json.loads((folder / "config.json").read_text()).get("image_space") or {}
+    space = _saved_space(folder)
     if space.get("kind") != "vae" or space.get("vae") is None:
         return None
     local = folder / space["vae"]
@@ -179,12 +183,12 @@ def resolve_image_space(
 
     --space defaults to the --init model's space, else to the preset's (the CPU presets' decoders
     are sized for the in-house VAE's 16×16 latent: on 64 px pixels they would see 16× the patches).
-    --vae defaults to the VAE of the --init model, else of a saved model given as --backbone: a
-    shipped model brings its own, so `--backbone assets/models/reptok-emoji` alone runs as it did.
+    --vae defaults to the VAE of the --init model, else of a saved model given as --backbone: with
+    `--backbone assets/models/reptok-emoji` alone, stage A runs in the latent that model was trained in.
     """
     saved = [Path(p) for p in (init, backbone) if p is not None and is_reptok_model(Path(p))]
     if space is None:
-        space = ("vae" if saved_model_vae(init) else "pixel") if init is not None else preset_space
+        space = str(_saved_space(init)["kind"]) if init is not None else preset_space
     if space == "vae" and vae is None:
         vae = next((v for v in map(saved_model_vae, saved) if v is not None), None)
         if vae is None:

@@ -1,7 +1,7 @@
 """Stage A: train the tokenizer, i.e. the encoder's input [cls] embedding and the flow decoder, jointly.
 
     python train/train_tokenizer.py --preset cpu-s --data data/emoji64.npz --out runs/tok-cpu-s
-    python train/train_tokenizer.py --preset gpu-b --backbone runs/backbones/dino --vae runs/vae --lam 0.5 --out runs/tok
+    python train/train_tokenizer.py --preset gpu-b --backbone runs/backbones/dino --vae runs/vae/vae --lam 0.5 --out runs/tok
     accelerate launch train/train_tokenizer.py --preset gpu-b ...          (data-parallel, unchanged)
 
 Loss: flow_loss(decoder velocity given z) + λ·(1 − cos(z, z_frozen)), the encoder's cosine anchor.
