@@ -43,14 +43,15 @@ class Estimates:
     def reconstruct_seconds(
         self, model_label: str | None, steps: float, refine_steps: float | None = 0
     ) -> str:
-        """The Reconstruct button: encode (and refine the token) and decode, then the 4 variations.
-        Refinement is timed only once asked for (one step, on first use per model)."""
+        """The Reconstruct button: encode (and refine the token) and decode, then the 4 variations
+        (of the same token: the handler keeps it). Refinement is timed only once asked for (on first
+        use per model); with it, the encoder's own token is decoded too, for the comparison."""
 
         def text() -> str:
             speed, n, r = self.models.speed(model_label), steps_value(steps), refine_value(refine_steps)
             refining = r * self.models.refine_step_s(model_label) if r else 0.0
-            first = speed.encode_s + refining + speed.decode_s(n)
-            rest = speed.encode_s + refining + speed.decode_s(n, images=4)
+            first = speed.encode_s + refining + speed.decode_s(n, images=2 if r else 1)
+            rest = speed.encode_s + speed.decode_s(n, images=4)
             also = f" ({seconds_text(refining)} of it refining the token)" if r else ""
             return f"≈ {seconds_text(first)} on this machine{also}, then ≈ {seconds_text(rest)} for the 4 variations"
 

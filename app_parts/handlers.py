@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -28,6 +30,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 MAX_PROMPT_CHARS = 1000  # the text encoder keeps ~32 tokens anyway; this only bounds the work
+REFINED_TOKENS_KEPT = 16  # refined tokens kept for the next event on the same image (the variations)
 MAX_TEMPERATURE = 1.5  # decoder τ and generator T: past 1 the noise is wider than the flows were trained on
 Gallery = outputs.Gallery  # (path of a PNG, caption): handlers return files they wrote (see outputs.py)
 
@@ -82,6 +85,8 @@ class Explorer:
         self.manifold_path = manifold_path
         self._manifold: Manifold | None = None
         self._lock = threading.Lock()
+        self._refined: OrderedDict[tuple[int, str, int, int], torch.Tensor] = OrderedDict()  # (1, 1, D) each
+        self._refined_lock = threading.Lock()
 
     def model(self, label: str | None) -> RepTok:
         if not len(self.models):
@@ -114,8 +119,19 @@ class Explorer:
         steps = refine_value(refine_steps)
         if not steps:
             return z, z, cos
-        config = RefineConfig(steps=steps, seed=seed)
-        return refine(model, picture, z, config, _progress_fn(progress, "refining the token")), z, cos
+        # The variations chained after a reconstruction ask for the same token: refine once (~1 s).
+        pixels = model.preprocess(picture).cpu().numpy().tobytes()  # what the model sees: 64×64×3 floats
+        key = (id(model), hashlib.sha256(pixels).hexdigest(), steps, seed)
+        with self._refined_lock:
+            token = self._refined.get(key)
+        if token is None:
+            config = RefineConfig(steps=steps, seed=seed)
+            token = refine(model, picture, z, config, _progress_fn(progress, "refining the token"))
+            with self._refined_lock:
+                self._refined[key] = token
+                while len(self._refined) > REFINED_TOKENS_KEPT:
+                    self._refined.popitem(last=False)  # the oldest
+        return token, z, cos
 
     @friendly_errors
     def reconstruct(
