@@ -56,8 +56,8 @@ from reptok.pipeline import RepTok
 from reptok.sampling import SAMPLERS, Sampler
 from train.data import IMAGE_EXTENSIONS, EmojiDataset
 
+REFINE_STEPS = 25  # the refined reconstruction's steps (timed, no target: an option)
 # Targets for the embedded default (64×64, default sampler settings) on 2 CPU cores.
-REFINE_STEPS = 25
 TARGETS_S = {"reconstruct": 0.5, "class_16": 3.0, "text_16": 3.5, "interpolate_8": 2.0, "manifold": 1.0}
 N_SAMPLES, N_FRAMES = 16, 8
 
@@ -138,13 +138,15 @@ def actions(
     (lo, hi), (text_lo, text_hi) = sampling.guidance_interval("class"), sampling.guidance_interval("text")
     a, b = work.uploads
     steps, seed = setting.steps, 0
+    seeds = itertools.count(1)
     out: dict[str, Callable[[], Any] | str] = {
         "reconstruct": lambda: explorer.reconstruct(a, label, steps, seed),
         # Chained after every reconstruct in the app (.success): 4 more decodes the person waits for.
         "variations": lambda: explorer.variations(a, label, steps, seed),
-        # The Reconstruct tab's refinement slider at 25 steps (reptok.inversion; off by default).
+        # The Reconstruct tab's refinement slider at 25 steps (reptok.inversion; off by default). A new
+        # seed each call: the handler keeps refined tokens per seed, and each call should refine afresh.
         f"reconstruct_refine_{REFINE_STEPS}": lambda: explorer.reconstruct(
-            a, label, steps, seed, None, REFINE_STEPS
+            a, label, steps, next(seeds), None, REFINE_STEPS
         ),
         "class_16": "skipped: no class generator (or no class to choose)",
         "text_16": "skipped: no text generator",
