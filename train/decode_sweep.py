@@ -27,13 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from reptok.inversion import RefineConfig, refine
 from reptok.metrics import identification, psnr, ssim
 from reptok.pipeline import RepTok
 from reptok.sampling import seeded_noise
 from train.batches import index_chunks
 from train.data import EmojiDataset, stack_images
-from train.evaluate import encode_all, feature_space
+from train.evaluate import encode_all, feature_space, refine_all
 
 
 @torch.inference_mode()
@@ -56,10 +55,11 @@ def sweep(
     for refine_n, s in itertools.product(refine_steps, settings):
         if refine_n not in tokens:
             start = time.perf_counter()
-            z = encoded if refine_n == 0 else torch.cat([
-                refine(model, real[b.start : b.stop], encoded[b.start : b.stop], RefineConfig(steps=refine_n, seed=seed + b.start))
-                for b in index_chunks(len(real), batch_size)
-            ])  # fmt: skip  # (N, 1, D)
+            z = (
+                encoded
+                if refine_n == 0
+                else refine_all(model, real, encoded, refine_n, seed=seed, batch_size=batch_size)
+            )
             tokens[refine_n] = (z, time.perf_counter() - start)
         z, refine_s = tokens[refine_n]
         start = time.perf_counter()

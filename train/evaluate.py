@@ -108,19 +108,25 @@ def reconstruction_metrics(
 
 
 @torch.inference_mode()
+def refine_all(
+    model: RepTok, images: Tensor, tokens: Tensor, refine_steps: int, *, seed: int, batch_size: int
+) -> Tensor:
+    """`tokens` (N, 1, D) of `images` refined on them for `refine_steps` (reptok.inversion), in
+    batches whose refinement is seeded by their offset, as their decoding is."""
+    return torch.cat([
+        refine(model, images[c.start : c.stop], tokens[c.start : c.stop], RefineConfig(steps=refine_steps, seed=seed + c.start))
+        for c in tqdm(index_chunks(len(images), batch_size), desc="refine")
+    ])  # fmt: skip  # (N, 1, D)
+
+
+@torch.inference_mode()
 def refined_metrics(
     model: RepTok, real: Tensor, refine_steps: int, *, steps: int | None, seed: int, batch_size: int
 ) -> dict[str, float]:
     """reconstruction_metrics from tokens refined on each image for `refine_steps` (reptok.inversion),
     decoded with the same seeds."""
-    encoded, refined = [], []
-    for c in tqdm(index_chunks(len(real), batch_size), desc="refine"):
-        z = model.encode(real[c.start : c.stop])  # (b, 1, D)
-        encoded.append(z)
-        refined.append(
-            refine(model, real[c.start : c.stop], z, RefineConfig(steps=refine_steps, seed=seed + c.start))
-        )
-    z, z_enc = torch.cat(refined), torch.cat(encoded)  # (n, 1, D) each
+    z_enc = encode_all(model, real, batch_size)[:, None]  # (n, 1, D)
+    z = refine_all(model, real, z_enc, refine_steps, seed=seed, batch_size=batch_size)  # (n, 1, D)
     recon = torch.cat([
         model.decode(z[c.start : c.stop], steps=steps, seed=seed + c.start, output_type="pt").cpu()
         for c in index_chunks(len(real), batch_size)
