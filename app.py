@@ -5,7 +5,7 @@
     REPTOK_FETCH_OFFICIAL=1 python app.py          # also fetch the official RepTok-XL, in the background
 
 Here: the page (title, tabs, About) and `main`. Each tab is laid out in app_parts/tabs.py (the
-manifold's in app_parts/tab_manifold.py), what it does is in app_parts/handlers.py, the model
+interpolation's and the manifold's in app_parts/tab_interpolation.py and tab_manifold.py), what it does is in app_parts/handlers.py, the model
 registry in app_parts/registry.py, the background fetch of the official model in
 app_parts/official.py, image helpers (heat map, PSNR/SSIM) in app_parts/imaging.py, and the files
 the app serves (written once per request, atomically: why, in its docstring) in app_parts/outputs.py.
@@ -23,6 +23,7 @@ from app_parts import tabs
 from app_parts.handlers import Explorer
 from app_parts.official import FETCH_ENV, OfficialFetch, fetch_requested, status_line
 from app_parts.registry import MODELS_ENV, NO_MODEL_MESSAGE, ModelRegistry
+from app_parts.tab_interpolation import interpolation_tab
 from app_parts.tab_manifold import manifold_tab
 from app_parts.tabs import PROMPT_EXAMPLES
 from reptok.images import MAX_FILE_BYTES
@@ -146,7 +147,7 @@ def build_demo(
         with gr.Tab("Text prompts", elem_id="tab-text-prompts"):
             dropdowns.append((tabs.text_prompts_tab(demo, app), "text"))
         with gr.Tab("Interpolation", elem_id="tab-interpolation"):
-            dropdowns.append((tabs.interpolation_tab(app, examples), "reconstruct"))
+            dropdowns.append((interpolation_tab(demo, app, examples), "reconstruct"))
         with gr.Tab("Latent manifold", elem_id="tab-latent-manifold"):
             manifold_tab(demo, app, examples)
         with gr.Tab("Backbones", elem_id="tab-backbones"):

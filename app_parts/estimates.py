@@ -57,6 +57,21 @@ class Estimates:
 
         return self._estimate(text)
 
+    def interpolate_seconds(
+        self, model_label: str | None, frames: float, steps: float, refine_steps: float | None = 0
+    ) -> str:
+        """The Interpolate button: encode A and B (and refine each end token), decode the frames."""
+
+        def text() -> str:
+            speed, r = self.models.speed(model_label), refine_value(refine_steps)
+            n = imaging.clamp_int(frames, "number of frames", 2, MAX_IMAGES)
+            refining = 2 * r * self.models.refine_step_s(model_label) if r else 0.0
+            total = 2 * speed.encode_s + refining + speed.decode_s(steps_value(steps), images=n)
+            also = f" ({seconds_text(refining)} of it refining the end tokens)" if r else ""
+            return f"≈ {seconds_text(total)} on this machine for {n} frames{also}"
+
+        return self._estimate(text)
+
     def sample_seconds(self, model_label: str | None, steps: float, count: float) -> str:
         """A Sample button: `count` images decoded at `steps` steps (the token generator, one token
         per image, is not timed)."""

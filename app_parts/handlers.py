@@ -288,6 +288,7 @@ class Explorer:
         steps: float,
         seed: float,
         weight: float,
+        refine_steps: float | None = 0,
         progress: gr.Progress = gr.Progress(track_tqdm=False),  # noqa: B008
     ) -> tuple[Gallery, str, str | None, list[Image.Image]]:
         size = self.input_size(model_label)
@@ -296,12 +297,14 @@ class Explorer:
             raise gr.Error(f"Mode must be 'slerp' or 'lerp', not {mode!r:.20}.")
         model = self.model(model_label)
         n = imaging.clamp_int(frames, "number of frames", 2, MAX_IMAGES)
-        z = model.encode([a, b])  # (2, 1, D)
+        seed_ = imaging.seed_value(seed)
+        # The end tokens: the encoder's, or each refined on its own image (kept, as Reconstruct's are).
+        z_a, z_b = (self._token(model, p, refine_steps, seed_, progress)[0] for p in (a, b))  # (1, 1, D) each
         weights = torch.linspace(0, 1, n)
-        tokens = model.interpolate(z[0], z[1], weights, mode=mode)  # (N, 1, D)
+        tokens = model.interpolate(z_a, z_b, weights, mode=mode)  # (N, 1, D)
         c, s = model.config.decoder.in_channels, model.config.decoder.input_size
         # One noise for every frame: only the token changes along the strip.
-        noise = seeded_noise((1, c, s, s), imaging.seed_value(seed)).expand(n, -1, -1, -1)
+        noise = seeded_noise((1, c, s, s), seed_).expand(n, -1, -1, -1)
         images = model.decode(
             tokens, noise=noise, steps=steps_value(steps), progress=_progress_fn(progress, "decoding frames")
         )

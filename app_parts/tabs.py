@@ -1,5 +1,6 @@
 """The explorer's tabs, one builder each, and the controls they share. Layout and wiring only:
-what a button does is in handlers.py (the manifold tab, with its figure, in tab_manifold.py).
+what a button does is in handlers.py (the interpolation tab in tab_interpolation.py, the manifold
+tab, with its figure, in tab_manifold.py).
 
 Each builder is called inside `gr.Blocks` and `gr.Tab` (app.py) and returns its model dropdown, so
 the app can offer a model added while it runs (app_parts/official.py).
@@ -139,6 +140,11 @@ def defaults_follow_model(
     model.change(defaults, model, list(sliders), api_visibility="private")
 
 
+def refine_slider(label: str, info: str, elem_id: str = "refine-steps") -> gr.Slider:
+    """Test-time refinement steps (reptok.inversion); 0, the default, is the encoder's token."""
+    return gr.Slider(0, MAX_REFINE_STEPS, value=0, step=5, label=label, info=info, elem_id=elem_id)
+
+
 def seed_box(label: str = "Seed") -> gr.Number:
     return gr.Number(0, label=label, precision=0, minimum=0)
 
@@ -230,15 +236,7 @@ def reconstruct_tab(demo: gr.Blocks, app: Explorer, examples: list[str]) -> gr.D
                 steps = decoder_steps(models)
                 tau = decoder_temperature(models)
                 seed = seed_box()
-            refine_steps = gr.Slider(
-                0,
-                MAX_REFINE_STEPS,
-                value=0,
-                step=5,
-                label=REFINE_LABEL,
-                info=REFINE_INFO,
-                elem_id="refine-steps",
-            )
+            refine_steps = refine_slider(REFINE_LABEL, REFINE_INFO)
             button = gr.Button("Reconstruct", variant="primary")
             expected_time(demo, app.estimates.reconstruct_seconds, [model, steps, refine_steps])
     defaults_follow_model(model, models, {steps: "decode_steps", tau: "decode_temperature"})
@@ -325,39 +323,6 @@ def text_prompts_tab(demo: gr.Blocks, app: Explorer) -> gr.Dropdown:
         api_name="sample_text",
     )
     run_on_click(picked, app.sample_text, [prompt, model, *controls], samples)
-    return model
-
-
-def interpolation_tab(app: Explorer, examples: list[str]) -> gr.Dropdown:
-    models = app.models
-    notice(models)
-    with gr.Row():
-        first, second = opening_images(examples, 2)
-        image_a, image_b = image_input("Image A", first), image_input("Image B", second)
-        with gr.Column():
-            with gr.Accordion("Settings", open=False):
-                model = model_dropdown(models)
-                frames = gr.Slider(2, MAX_IMAGES, value=8, step=1, label="Frames")
-                mode = gr.Radio(["slerp", "lerp"], value="slerp", label="Path")
-                steps = decoder_steps(models)
-                seed = seed_box("Seed (one decoder noise for every frame)")
-            button = gr.Button("Interpolate", variant="primary")
-    defaults_follow_model(model, models, {steps: "decode_steps"})
-    strip = gallery("A → B", columns=8)
-    with gr.Row():
-        with gr.Column():
-            weight = gr.Slider(0, 1, value=0.5, step=0.01, label="Weight (0 = A, 1 = B)")
-            frame = gr.Image(label="Frame at the weight", format="png", height=256, elem_classes="pixel-out")
-        gif = gr.File(label="Animated GIF")
-    frames_state = gr.State([])
-    inputs = [image_a, image_b, model, frames, mode, steps, seed, weight]
-    outputs = [strip, gif, frame, frames_state]
-    # Below the outputs, as in the Reconstruct tab: a table of pairs above them pushed the strip off screen.
-    pairs = [[a, b] for a, b in zip(examples[0::2], examples[1::2], strict=False)][:8]
-    picked = gr.Examples(pairs, inputs=[image_a, image_b], label="Example pairs") if pairs else None
-    button.click(app.interpolate, inputs, outputs, api_name="interpolate")
-    run_on_click(picked, app.interpolate, inputs, outputs)
-    weight.change(app.frame_at, [frames_state, weight], frame, api_visibility="private")
     return model
 
 

@@ -9,8 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from reptok.pipeline import RepTok
 
 ENCODER_CHOICES = ("test", "vit-s8-64px")  # presets that build without the hub
 DECODER_CHOICES = ("test", "s4-64px", "b4-64px")
@@ -124,6 +130,15 @@ def cmd_fetch_official(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(model: RepTok, image: Image.Image, refine_steps: int, seed: int) -> torch.Tensor:
+    """The image's token (1, 1, D): the encoder's, or refined on the image (reptok.inversion)."""
+    if not refine_steps:
+        return model.encode(image)
+    from reptok.inversion import RefineConfig, refine
+
+    return refine(model, image, config=RefineConfig(steps=refine_steps, seed=seed))
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from reptok.images import ImageLoadError, load_image
 
@@ -137,12 +152,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             print(f"skipped {path}: {err}", file=sys.stderr)
             failed += 1
             continue
-        if args.refine_steps:  # the token refined on this image (reptok.inversion), not the encoder's
-            from reptok.inversion import RefineConfig, refine
-
-            z = refine(model, image, config=RefineConfig(steps=args.refine_steps, seed=args.seed))
-        else:
-            z = model.encode(image)
+        z = _token(model, image, args.refine_steps, args.seed)
         recon = model.decode(
             z, steps=args.steps, sampler=args.sampler, temperature=args.temperature, seed=args.seed
         )[0]
@@ -193,9 +203,9 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
         image_a, image_b = load_image(args.image_a), load_image(args.image_b)
     except ImageLoadError as err:
         raise SystemExit(f"error: {err}") from err
-    z = model.encode([image_a, image_b])  # (2, 1, D)
+    z_a, z_b = (_token(model, image, args.refine_steps, args.seed) for image in (image_a, image_b))
     weights = torch.linspace(0.0, 1.0, args.frames)
-    tokens = model.interpolate(z[0], z[1], weights, mode=args.mode)
+    tokens = model.interpolate(z_a, z_b, weights, mode=args.mode)  # (frames, 1, D)
     c, n = model.config.decoder.in_channels, model.config.decoder.input_size
     noise = seeded_noise((1, c, n, n), args.seed).expand(
         args.frames, -1, -1, -1
@@ -208,6 +218,13 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     frames[0].save(out / "interpolation.gif", save_all=True, append_images=frames[1:], duration=120, loop=0)
     print(out / "interpolation.gif")
     return 0
+
+
+def _refine_steps_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--refine-steps", type=int, default=0,
+        help="refine each token on its image first: gradient steps on the decoder's loss (0: the encoder's token)",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,10 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="decoder steps (default: the model's)")
     p.add_argument("--sampler", choices=["euler", "heun"], help="decoder sampler (default: the model's)")
     p.add_argument("--temperature", type=float, help="decoder noise scale τ (default: the model's)")
-    p.add_argument(
-        "--refine-steps", type=int, default=0,
-        help="refine each token on its image first: gradient steps on the decoder's loss (0: the encoder's token)",
-    )  # fmt: skip
+    _refine_steps_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_reconstruct)
 
@@ -301,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["slerp", "lerp"], default="slerp")
     p.add_argument("--out-dir", required=True)
     p.add_argument("--steps", type=int, help="decoder steps")
+    _refine_steps_arg(p)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_interpolate)
     return parser

@@ -7,8 +7,8 @@ image at hand, the decoder frozen, starting from the encoder's token.
 RepTok's encoder is amortised: one ViT pass guesses the token for any image. For one image a few
 gradient steps find a token that the same decoder renders closer to it, as GAN inversion refines an
 encoder's guess. The result is still one token of the same size, but it is not what the encoder
-gives and it drifts from it: tokens that the generators, interpolation or the manifold compare stay
-the encoder's. Measured on the shipped emoji default: MODEL_CARD.md, session 27.
+gives and it drifts from it: tokens that the generators or the manifold compare stay the encoder's
+(interpolation may start and end on refined tokens: the app's slider, `interpolate --refine-steps`). Measured on the shipped emoji default: MODEL_CARD.md, session 27.
 
 Written here rather than taken from a library: a loop of Adam steps over one tensor with the
 decoder's training loss (`reptok.flow.flow_loss`), which no inversion package fits.

@@ -150,6 +150,29 @@ def test_interpolate(client: Client, files: dict[str, Path]) -> None:
     assert np.array_equal(np.asarray(Image.open(frame).convert("RGB")), last)  # weight 1 -> last frame
 
 
+def test_interpolate_from_refined_end_tokens(client: Client, files: dict[str, Path]) -> None:
+    """With refinement steps, the strip runs between the tokens refined on A and on B: its ends are
+    the Reconstruct tab's refined reconstructions (same token, steps and seed), not the encoder's."""
+
+    def ends(refine_steps: int) -> list[bytes]:
+        strip, *_ = client.predict(
+            handle_file(files["rgb.png"]), handle_file(files["other.png"]), "tiny", 3, "slerp", 2, 4, 0.0,
+            refine_steps, api_name="/interpolate",
+        )  # fmt: skip
+        return [np.asarray(Image.open(item_path(strip[i])).convert("RGB")).tobytes() for i in (0, -1)]
+
+    def reconstruction(name: str, refine_steps: int) -> bytes:
+        _, recon, _, _ = client.predict(
+            handle_file(files[name]), "tiny", 2, 4, 1.0, refine_steps, api_name="/reconstruct"
+        )
+        return np.asarray(Image.open(recon).convert("RGB")).tobytes()
+
+    plain, refined = ends(0), ends(5)
+    assert plain == [reconstruction("rgb.png", 0), reconstruction("other.png", 0)]
+    assert refined == [reconstruction("rgb.png", 5), reconstruction("other.png", 5)]
+    assert refined[0] != plain[0] and refined[1] != plain[1]
+
+
 def test_compare_backbones(client: Client, files: dict[str, Path]) -> None:
     backbones, lambdas, neighbours = client.predict(
         handle_file(files["rgb.png"]), 2, 0, api_name="/compare_backbones"
@@ -412,6 +435,10 @@ def test_expected_time_measured_once_and_lazily(model_dir: Path, monkeypatch: py
     models.entry("tiny").refine_step_s = 0.01
     assert explorer.estimates.reconstruct_seconds("tiny", 10, 25) == (
         "≈ 0.76 s on this machine (0.25 s of it refining the token), then ≈ 1.0 s for the 4 variations"
+    )
+    assert explorer.estimates.interpolate_seconds("tiny", 8, 10) == "≈ 2.0 s on this machine for 8 frames"
+    assert explorer.estimates.interpolate_seconds("tiny", 8, 10, 25) == (
+        "≈ 2.5 s on this machine for 8 frames (0.50 s of it refining the end tokens)"
     )
     assert explorer.estimates.sample_seconds("tiny", float("nan"), 1) == ""  # a hint: bad values give none
     assert Explorer(ModelRegistry([]), Path("none.npz")).estimates.reconstruct_seconds(None, 5) == ""

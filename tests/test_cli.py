@@ -134,6 +134,24 @@ def test_interpolate_writes_frames_and_a_gif(tiny_model_dir: Path, tmp_path: Pat
     assert 2 <= gif.n_frames <= 5  # Pillow merges identical consecutive frames
 
 
+def test_interpolate_between_refined_tokens(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """--refine-steps refines each end token on its image: the first frame is `reconstruct
+    --refine-steps` of image A (same steps and seed), not the encoder's token's picture."""
+    a, b = _write_images(tmp_path)
+    model = ["--model", str(tiny_model_dir), "--steps", "2"]
+
+    def first_frame(refine_steps: str) -> np.ndarray:
+        out = tmp_path / f"interp-{refine_steps}"
+        argv = ["interpolate", str(a), str(b), "--frames", "3", "--out-dir", str(out), *model]
+        assert main([*argv, "--refine-steps", refine_steps]) == 0
+        return np.asarray(Image.open(out / "frame-000.png"))
+
+    assert main(["reconstruct", str(a), "--out-dir", str(tmp_path / "r"), *model, "--refine-steps", "5"]) == 0
+    refined = first_frame("5")
+    assert np.array_equal(refined, np.asarray(Image.open(tmp_path / "r" / "apple.png")))
+    assert not np.array_equal(refined, first_frame("0"))
+
+
 def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="no RepTok model"):
         main(["info", "--model", str(tmp_path)])
