@@ -151,6 +151,10 @@ def actions(
         "class_16": "skipped: no class generator (or no class to choose)",
         "text_16": "skipped: no text generator",
         "interpolate_8": lambda: explorer.interpolate(a, b, label, N_FRAMES, "slerp", steps, seed, 0.5),
+        # The Interpolation tab's refinement slider: both end tokens refined (a new seed, as above).
+        f"interpolate_8_refine_{REFINE_STEPS}": lambda: explorer.interpolate(
+            a, b, label, N_FRAMES, "slerp", steps, next(seeds), 0.5, REFINE_STEPS
+        ),
         "manifold": "skipped: no manifold cache",
     }
     if work.class_name is not None:

@@ -29,6 +29,7 @@ ACTIONS = {
     "class_16",
     "text_16",
     "interpolate_8",
+    "interpolate_8_refine_25",
     "manifold",
 }
 
