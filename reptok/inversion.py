@@ -8,7 +8,8 @@ RepTok's encoder is amortised: one ViT pass guesses the token for any image. For
 gradient steps find a token that the same decoder renders closer to it, as GAN inversion refines an
 encoder's guess. The result is still one token of the same size, but it is not what the encoder
 gives and it drifts from it: tokens that the generators or the manifold compare stay the encoder's
-(interpolation may start and end on refined tokens: the app's slider, `interpolate --refine-steps`). Measured on the shipped emoji default: MODEL_CARD.md, session 27.
+(interpolation may start and end on refined tokens: the app's slider, `interpolate --refine-steps`).
+Measured on the shipped emoji default: MODEL_CARD.md, sessions 27–28.
 
 Written here rather than taken from a library: a loop of Adam steps over one tensor with the
 decoder's training loss (`reptok.flow.flow_loss`), which no inversion package fits.
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 @dataclass
 class RefineConfig(Config):
     steps: int = 25  # Adam steps; 0 keeps the encoder's token
-    lr: float = 0.02  # a token is a LayerNorm output: about 0.9 per number
+    lr: float = 0.1  # swept 0.02-0.2 on held-out emoji (MODEL_CARD.md, session 28): best in 10-50 steps
     samples: int = 4  # (t, noise) draws per image and step: each step's loss is a noisy estimate
     schedule: TimeSampling = "logit_normal"  # the decoder's training schedule
     seed: int = 0  # the draws: the same image, token and seed give the same result
