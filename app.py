@@ -5,10 +5,11 @@
     REPTOK_FETCH_OFFICIAL=1 python app.py          # also fetch the official RepTok-XL, in the background
 
 Here: the page (title, tabs, About) and `main`. Each tab is laid out in app_parts/tabs.py (the
-interpolation's and the manifold's in app_parts/tab_interpolation.py and tab_manifold.py), what it does is in app_parts/handlers.py, the model
-registry in app_parts/registry.py, the background fetch of the official model in
-app_parts/official.py, image helpers (heat map, PSNR/SSIM) in app_parts/imaging.py, and the files
-the app serves (written once per request, atomically: why, in its docstring) in app_parts/outputs.py.
+interpolation's and the manifold's in app_parts/tab_interpolation.py and tab_manifold.py), what it
+does is in app_parts/handlers.py, the model registry in app_parts/registry.py, the background fetch
+of the official model in app_parts/official.py, image helpers (heat map, PSNR/SSIM) in
+app_parts/imaging.py, and the files the app serves (written once per request, atomically: why, in
+its docstring) in app_parts/outputs.py.
 """
 
 from __future__ import annotations
