@@ -6,6 +6,7 @@ import functools
 import hashlib
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -107,7 +108,7 @@ class Explorer:
 
     def _token(
         self,
-        model: RepTok,
+        model_label: str | None,
         picture: Image.Image,
         refine_steps: float | None,
         seed: int,
@@ -115,6 +116,7 @@ class Explorer:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The image's token (1, 1, D): the encoder's, or refined on the image for `refine_steps`
         (reptok.inversion); with the encoder's token and its cos(z, z_frozen) (1,)."""
+        model = self.model(model_label)
         z, cos = model.encode_with_cosine(picture)  # (1, 1, D), (1,)
         steps = refine_value(refine_steps)
         if not steps:
@@ -125,8 +127,9 @@ class Explorer:
         with self._refined_lock:
             token = self._refined.get(key)
         if token is None:
-            config = RefineConfig(steps=steps, seed=seed)
+            config, start = RefineConfig(steps=steps, seed=seed), time.perf_counter()
             token = refine(model, picture, z, config, _progress_fn(progress, "refining the token"))
+            self.models.observed_refine_step(model_label, (time.perf_counter() - start) / steps)
             with self._refined_lock:
                 self._refined[key] = token
                 while len(self._refined) > REFINED_TOKENS_KEPT:
@@ -148,7 +151,7 @@ class Explorer:
         model = self.model(model_label)
         original = model.to_pil(model.preprocess(picture))[0]  # exactly what the encoder sees
         seed_ = imaging.seed_value(seed)
-        z, z_encoder, cos = self._token(model, picture, refine_steps, seed_, progress)
+        z, z_encoder, cos = self._token(model_label, picture, refine_steps, seed_, progress)
         n_steps, tau = steps_value(steps), _temperature(temperature)
 
         def render(token: torch.Tensor) -> Image.Image:
@@ -192,7 +195,9 @@ class Explorer:
         picture = open_upload(image, self.input_size(model_label))
         model = self.model(model_label)
         seed_ = imaging.seed_value(seed)
-        z, _, _ = self._token(model, picture, refine_steps, seed_, progress)  # the reconstruction's token
+        z, _, _ = self._token(
+            model_label, picture, refine_steps, seed_, progress
+        )  # the reconstruction's token
         images = model.variations(
             z,
             4,
@@ -299,7 +304,9 @@ class Explorer:
         n = imaging.clamp_int(frames, "number of frames", 2, MAX_IMAGES)
         seed_ = imaging.seed_value(seed)
         # The end tokens: the encoder's, or each refined on its own image (kept, as Reconstruct's are).
-        z_a, z_b = (self._token(model, p, refine_steps, seed_, progress)[0] for p in (a, b))  # (1, 1, D) each
+        z_a, z_b = (
+            self._token(model_label, p, refine_steps, seed_, progress)[0] for p in (a, b)
+        )  # (1, 1, D) each
         weights = torch.linspace(0, 1, n)
         tokens = model.interpolate(z_a, z_b, weights, mode=mode)  # (N, 1, D)
         c, s = model.config.decoder.in_channels, model.config.decoder.input_size

@@ -271,8 +271,7 @@ class ModelRegistry:
 
     def refine_step_s(self, label: str | None = None) -> float:
         """Seconds of one token refinement step (reptok.inversion) on this machine, timed on a blank
-        image when first asked (the Reconstruct tab asks only once refinement is switched on), then
-        kept; the encode and the VAE's encoding are counted in, so it errs long."""
+        image when first asked (the tabs ask only once refinement is switched on), then kept."""
         model, entry = self.get(label), self.entry(label)
         with entry.lock:
             if entry.refine_step_s is None:
@@ -280,16 +279,34 @@ class ModelRegistry:
 
                 blank = Image.new("RGB", (model.image_size, model.image_size), "white")
 
-                def timed(steps: int) -> float:
-                    start = time.perf_counter()
-                    refine(model, blank, config=RefineConfig(steps=steps))
-                    return time.perf_counter() - start
+                def step_ends(steps: int) -> list[float]:
+                    """perf_counter at the start of the call, then at the end of each step."""
+                    ends = [time.perf_counter()]
+                    refine(
+                        model,
+                        blank,
+                        config=RefineConfig(steps=steps),
+                        progress=lambda *_: ends.append(time.perf_counter()),
+                    )
+                    return ends
 
-                # A second-long step is timed once (the first call's set-up is small beside it); a
-                # fast one again after that warm-up, over 3 steps, as the set-up would dominate.
-                first = timed(1)
-                entry.refine_step_s = first if first > 1.0 else timed(3) / 3
+                # A second-long step is timed once, with its call's set-up (encoding the image), small
+                # beside it. A fast one again after that warm-up, over its steps 2 to 4 alone.
+                first = step_ends(1)
+                if first[1] - first[0] > 1.0:
+                    entry.refine_step_s = first[1] - first[0]
+                else:
+                    ends = step_ends(4)
+                    entry.refine_step_s = (ends[-1] - ends[1]) / 3
             return entry.refine_step_s
+
+    def observed_refine_step(self, label: str | None, seconds: float) -> None:
+        """A refinement that ran for a request took `seconds` a step: keep the fastest seen, so an
+        estimate first timed beside other work (e.g. a page's loading) comes down once one runs alone."""
+        entry = self.entry(label)
+        with entry.lock:
+            if entry.refine_step_s is None or seconds < entry.refine_step_s:
+                entry.refine_step_s = seconds
 
     def comparable(self) -> ModelEntry:
         """The default model, or its same-budget twin (same backbone and λ, another folder) where one
