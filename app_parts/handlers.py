@@ -195,9 +195,8 @@ class Explorer:
         picture = open_upload(image, self.input_size(model_label))
         model = self.model(model_label)
         seed_ = imaging.seed_value(seed)
-        z, _, _ = self._token(
-            model_label, picture, refine_steps, seed_, progress
-        )  # the reconstruction's token
+        # The reconstruction's token: refined tokens are kept, so this one is not refined again.
+        z, _, _ = self._token(model_label, picture, refine_steps, seed_, progress)
         images = model.variations(
             z,
             4,
@@ -303,10 +302,9 @@ class Explorer:
         model = self.model(model_label)
         n = imaging.clamp_int(frames, "number of frames", 2, MAX_IMAGES)
         seed_ = imaging.seed_value(seed)
-        # The end tokens: the encoder's, or each refined on its own image (kept, as Reconstruct's are).
-        z_a, z_b = (
-            self._token(model_label, p, refine_steps, seed_, progress)[0] for p in (a, b)
-        )  # (1, 1, D) each
+        # The end tokens (1, 1, D) each: the encoder's, or each refined on its own image (and kept, as
+        # the Reconstruct tab's are).
+        z_a, z_b = (self._token(model_label, p, refine_steps, seed_, progress)[0] for p in (a, b))
         weights = torch.linspace(0, 1, n)
         tokens = model.interpolate(z_a, z_b, weights, mode=mode)  # (N, 1, D)
         c, s = model.config.decoder.in_channels, model.config.decoder.input_size
