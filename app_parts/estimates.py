@@ -1,6 +1,6 @@
 """The seconds to expect, shown under each button ("≈ 0.1 s on this machine"): from each model's
 speed measured once on this machine (ModelRegistry.speed, ModelRegistry.refine_step_s; the latter
-brought down by the refinements requests run, ModelRegistry.observed_refine_step)."""
+brought down by the refinements that requests run: ModelRegistry.observed_refine_step)."""
 
 from __future__ import annotations
 
