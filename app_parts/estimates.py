@@ -1,6 +1,7 @@
 """The seconds to expect, shown under each button ("≈ 0.1 s on this machine"): from each model's
-speed measured once on this machine (ModelRegistry.speed, ModelRegistry.refine_step_s; the latter
-brought down by the refinements that requests run: ModelRegistry.observed_refine_step)."""
+speed measured once on this machine (ModelRegistry.speed, ModelRegistry.refine_step_s), brought
+down by the decodes and refinements that requests run (ModelRegistry.observed_decode,
+observed_refine_step): a first timing beside a page's loading reads long."""
 
 from __future__ import annotations
 

@@ -104,6 +104,16 @@ class Explorer:
                 self._manifold = load_manifold(self.manifold_path)
             return self._manifold
 
+    def _timed(
+        self, model_label: str | None, steps: int, images: int, decode: Callable[[], list[Image.Image]]
+    ) -> list[Image.Image]:
+        """`decode()`, a decode of `images` tokens at `steps` steps, its seconds given to the model's
+        speed estimate (ModelRegistry.observed_decode)."""
+        start = time.perf_counter()
+        out = decode()
+        self.models.observed_decode(model_label, time.perf_counter() - start, steps, images)
+        return out
+
     # ----------------------------------------------------------------------------- reconstruct
 
     def _token(
@@ -155,9 +165,9 @@ class Explorer:
         n_steps, tau = steps_value(steps), _temperature(temperature)
 
         def render(token: torch.Tensor) -> Image.Image:
-            decoded = model.decode(
+            decoded = self._timed(model_label, n_steps, 1, lambda: model.decode(
                 token, steps=n_steps, seed=seed_, temperature=tau, progress=_progress_fn(progress, "decoding")
-            )
+            ))  # fmt: skip
             return decoded[0]
 
         recon = render(z)
@@ -197,14 +207,11 @@ class Explorer:
         seed_ = imaging.seed_value(seed)
         # The reconstruction's token: refined tokens are kept, so this one is not refined again.
         z, _, _ = self._token(model_label, picture, refine_steps, seed_, progress)
-        images = model.variations(
-            z,
-            4,
-            seed=seed_,
-            steps=steps_value(steps),
-            temperature=_temperature(temperature),
+        n_steps = steps_value(steps)
+        images = self._timed(model_label, n_steps, 4, lambda: model.variations(
+            z, 4, seed=seed_, steps=n_steps, temperature=_temperature(temperature),
             progress=_progress_fn(progress, "variations"),
-        )
+        ))  # fmt: skip
         return outputs.gallery(images, [f"seed {seed_ + i}" for i in range(len(images))])
 
     # -------------------------------------------------------------------------------- sampling
@@ -310,9 +317,10 @@ class Explorer:
         c, s = model.config.decoder.in_channels, model.config.decoder.input_size
         # One noise for every frame: only the token changes along the strip.
         noise = seeded_noise((1, c, s, s), seed_).expand(n, -1, -1, -1)
-        images = model.decode(
-            tokens, noise=noise, steps=steps_value(steps), progress=_progress_fn(progress, "decoding frames")
-        )
+        n_steps = steps_value(steps)
+        images = self._timed(model_label, n_steps, n, lambda: model.decode(
+            tokens, noise=noise, steps=n_steps, progress=_progress_fn(progress, "decoding frames")
+        ))  # fmt: skip
         strip = outputs.gallery(images, [f"{w:.2f}" for w in weights.tolist()])
         gif = outputs.write_gif(images, Path(strip[0][0]).parent / "interpolation.gif")
         frame = strip[_frame_index(len(images), weight)][0]  # the strip's own file: nothing rewritten

@@ -300,6 +300,16 @@ class ModelRegistry:
                     entry.refine_step_s = (ends[-1] - ends[1]) / 3
             return entry.refine_step_s
 
+    def observed_decode(self, label: str | None, seconds: float, steps: int, images: int) -> None:
+        """A decode that ran for a request took `seconds` for `images` tokens at `steps` steps: where
+        that beats the kept speed, scale the speed down to it (the first timing may have run beside a
+        page's loading, which slows every part alike)."""
+        entry = self.entry(label)
+        with entry.lock:
+            if entry.speed is not None and (factor := seconds / entry.speed.decode_s(steps, images)) < 1:
+                s = entry.speed
+                entry.speed = DecodeSpeed(s.encode_s * factor, s.step_s * factor, s.fixed_s * factor)
+
     def observed_refine_step(self, label: str | None, seconds: float) -> None:
         """A refinement that ran for a request took `seconds` a step: keep the fastest seen, so an
         estimate first timed beside other work (e.g. a page's loading) comes down once one runs alone."""

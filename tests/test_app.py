@@ -98,20 +98,25 @@ def test_variations_reuse_the_refined_token(
     assert len(calls) == 2
 
 
-def test_refinement_runs_bring_the_refine_estimate_down(model_dir: Path, files: dict[str, Path]) -> None:
-    """A step timed beside other work (a page's loading) reads long; each refinement a request runs
-    gives its own seconds a step, and the fastest seen is what the estimates use."""
+def test_requests_bring_the_estimates_down(model_dir: Path, files: dict[str, Path]) -> None:
+    """Speeds timed beside other work (a page's loading) read long; each decode and refinement a
+    request runs gives its own seconds, and the fastest seen is what the estimates use."""
+    from app_parts import registry as registry_mod
     from app_parts.handlers import Explorer
 
     models = ModelRegistry([model_dir])
     explorer = Explorer(models, Path("none.npz"))
-    models.entry("tiny").refine_step_s = 100.0  # as if timed while the machine was busy
+    entry = models.entry("tiny")
+    entry.refine_step_s = 100.0  # as if timed while the machine was busy
+    entry.speed = registry_mod.DecodeSpeed(encode_s=100.0, step_s=100.0, fixed_s=100.0)
     explorer.reconstruct(str(files["rgb.png"]), "tiny", 2, 0, 0.5, 5)
-    step = models.entry("tiny").refine_step_s
+    step, speed = entry.refine_step_s, entry.speed
     assert step is not None and 0 < step < 100.0
-    models.observed_refine_step("tiny", step * 10)  # a slower run later: the fastest is kept
-    assert models.entry("tiny").refine_step_s == step
-    assert models.refine_step_s("tiny") == step  # and not timed again
+    assert 0 < speed.step_s < 100.0 and speed.fixed_s / speed.step_s == 1.0  # scaled down alike
+    models.observed_refine_step("tiny", step * 10)  # slower runs later: the fastest is kept
+    models.observed_decode("tiny", speed.decode_s(2, 4) * 10, 2, 4)
+    assert entry.refine_step_s == step and entry.speed == speed
+    assert models.refine_step_s("tiny") == step and models.speed("tiny") == speed  # not timed again
 
 
 def test_sample_class(client: Client) -> None:
